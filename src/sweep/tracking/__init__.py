@@ -1,0 +1,1 @@
+"""Tracking: listeners that record what the training loop reports (MLflow, console)."""

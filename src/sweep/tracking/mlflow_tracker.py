@@ -1,0 +1,127 @@
+"""MLflow as a listener of the training loop, through ``MlflowClient`` (no global
+fluent state, so many trials can run in one process).
+
+Embedded default: a SQLite database and, beside it, an ``artifacts/`` folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from sweep.config.schema import MlflowConfig
+from sweep.training.events import EvalReport, Listener, TrainReport
+
+__all__ = ["MlflowTracker", "NullTracker", "artifact_location_for"]
+
+log = logging.getLogger(__name__)
+_MAX_PARAM = 6000  # MLflow's limit on a param value
+
+
+def artifact_location_for(cfg: MlflowConfig) -> Optional[str]:
+    """An explicit artifact location, else ``<db folder>/artifacts`` for SQLite."""
+    if cfg.artifact_location:
+        return cfg.artifact_location
+    if cfg.tracking_uri.startswith("sqlite:///"):
+        db = Path(cfg.tracking_uri[len("sqlite:///"):])
+        return (db.expanduser().resolve().parent / "artifacts").as_uri()
+    return None
+
+
+def _prepare_sqlite(uri: str) -> None:
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).expanduser().resolve().parent.mkdir(parents=True,
+                                                                            exist_ok=True)
+
+
+class NullTracker(Listener):
+    """Stands in when tracking is off, so the trial code has no ``if``s."""
+
+    run_id: Optional[str] = None
+
+    def start(self, params: Mapping[str, Any], tags: Mapping[str, str]) -> None: ...
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
+
+    def log_artifacts(self, folder: Path, artifact_path: str) -> None: ...
+
+    def end(self, status: str) -> None: ...
+
+
+class MlflowTracker(NullTracker):
+    """One MLflow run: params at start, metrics by step, artifacts, a final status."""
+
+    def __init__(self, cfg: MlflowConfig, run_name: Optional[str] = None,
+                 parent_run_id: Optional[str] = None):
+        from mlflow.tracking import MlflowClient
+
+        _prepare_sqlite(cfg.tracking_uri)
+        self.cfg = cfg
+        self.client = MlflowClient(tracking_uri=cfg.tracking_uri)
+        self.run_name = run_name or cfg.run_name
+        self.parent_run_id = parent_run_id
+        self.run_id = None
+        self.experiment_id = self._experiment_id()
+
+    def _experiment_id(self) -> str:
+        experiment = self.client.get_experiment_by_name(self.cfg.experiment)
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            return self.client.create_experiment(
+                self.cfg.experiment, artifact_location=artifact_location_for(self.cfg))
+        except Exception:  # created meanwhile by another worker
+            experiment = self.client.get_experiment_by_name(self.cfg.experiment)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
+
+    def start(self, params: Mapping[str, Any], tags: Mapping[str, str]) -> None:
+        from mlflow.entities import Param
+
+        all_tags = dict(tags)
+        if self.parent_run_id:
+            all_tags["mlflow.parentRunId"] = self.parent_run_id
+        run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=all_tags)
+        self.run_id = run.info.run_id
+        items = [Param(k, _param_value(v)) for k, v in sorted(params.items())]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params a batch
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def on_train_report(self, report: TrainReport) -> None:
+        self.log_metrics(
+            {
+                "train_loss": report.train_loss,
+                "learning_rate": report.learning_rate,
+                "grad_norm": report.grad_norm,
+                "tokens_per_sec": report.tokens_per_sec,
+                "peak_memory_gb": report.peak_memory_gb,
+                "trained_tokens": report.trained_tokens,
+            },
+            report.step,
+        )
+
+    def on_eval_report(self, report: EvalReport) -> None:
+        self.log_metrics({"val_loss": report.val_loss, "val_ppl": report.val_ppl}, report.step)
+
+    def log_artifacts(self, folder: Path, artifact_path: str) -> None:
+        self.client.log_artifacts(self.run_id, str(folder), artifact_path)
+
+    def end(self, status: str) -> None:
+        if self.run_id is not None:
+            self.client.set_terminated(self.run_id, status=status)
+
+
+def _param_value(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return text if len(text) <= _MAX_PARAM else text[: _MAX_PARAM - 3] + "..."

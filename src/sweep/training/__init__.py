@@ -1,0 +1,1 @@
+"""Training: LoRA layers, optimizers and schedules, events, and the loop itself."""

@@ -1,0 +1,81 @@
+"""What the training loop reports, and the listener interface that receives it.
+
+The loop knows nothing of MLflow or Optuna: trackers, pruners and checkpoint keepers
+are listeners. A listener may raise (e.g. optuna.TrialPruned) to stop the trial.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, List, Optional
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    step: int  # optimizer steps done
+    iteration: int  # micro-batches done
+    train_loss: float  # mean over the micro-batches since the last report
+    learning_rate: float
+    grad_norm: float  # before clipping
+    tokens_per_sec: float
+    peak_memory_gb: float
+    trained_tokens: int  # all tokens fed so far (prompt and answer, no padding)
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    step: int
+    val_loss: float
+    val_ppl: float
+    is_best: bool
+    trained_tokens: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class CheckpointReport:
+    step: int
+    path: Path
+    kind: str  # "best" or "periodic"
+    val_loss: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    best_val_loss: float
+    best_step: int
+    steps: int
+    iterations: int
+    trained_tokens: int
+    train_seconds: float
+    eval_seconds: float
+
+
+class Listener:
+    """Base class with no-op hooks; override the ones you need."""
+
+    def on_train_report(self, report: TrainReport) -> None: ...
+
+    def on_eval_report(self, report: EvalReport) -> None: ...
+
+    def on_checkpoint(self, report: CheckpointReport) -> None: ...
+
+
+class Listeners(Listener):
+    """Fan events out to several listeners, in order."""
+
+    def __init__(self, listeners: Iterable[Listener] = ()):
+        self.listeners: List[Listener] = list(listeners)
+
+    def on_train_report(self, report: TrainReport) -> None:
+        for listener in self.listeners:
+            listener.on_train_report(report)
+
+    def on_eval_report(self, report: EvalReport) -> None:
+        for listener in self.listeners:
+            listener.on_eval_report(report)
+
+    def on_checkpoint(self, report: CheckpointReport) -> None:
+        for listener in self.listeners:
+            listener.on_checkpoint(report)

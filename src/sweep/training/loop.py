@@ -1,0 +1,198 @@
+"""The LoRA training loop: gradient accumulation, clipping, schedule, evaluation, and
+the best adapter by validation loss. It reports through listeners and imports no tracker.
+
+Shaped like mlx-lm's ``tuner.trainer.train`` (collaborators passed in), which this does
+not call because it keeps the last adapter rather than the best, has no clipping or
+gradient norm, and evaluates on a different random subset each time.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable, Tuple
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_map
+
+from sweep.data.batches import iterate_batches
+from sweep.training.events import (CheckpointReport, EvalReport, Listener, TrainReport,
+                                   TrainResult)
+
+__all__ = ["LoopSettings", "NonFiniteLossError", "masked_cross_entropy", "evaluate", "train"]
+
+Loss = Callable[[nn.Module, mx.array, mx.array], Tuple[mx.array, mx.array]]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or the gradient norm became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    iters: int  # micro-batches
+    batch_size: int
+    grad_accumulation: int
+    max_seq_length: int
+    max_grad_norm: float | None
+    eval_every: int  # optimizer steps
+    val_batches: int  # -1 = all
+    save_every: int = 0  # optimizer steps, 0 = off
+    report_every: int = 1
+    compile: bool = True
+    seed: int = 0
+
+    @property
+    def total_steps(self) -> int:
+        return math.ceil(self.iters / self.grad_accumulation)
+
+
+def masked_cross_entropy(model: nn.Module, tokens: mx.array, bounds: mx.array):
+    """Mean next-token cross-entropy over positions ``offset <= p < length`` of each row
+    (the answer, when the prompt is masked); returns (loss, number of target tokens)."""
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    logits = model(inputs)
+    position = mx.arange(1, targets.shape[1] + 1)
+    mask = (position >= bounds[:, 0:1]) & (position < bounds[:, 1:2])
+    ce = nn.losses.cross_entropy(logits, targets) * mask
+    count = mx.maximum(mask.sum(), 1)
+    return ce.astype(mx.float32).sum() / count, count
+
+
+def evaluate(model: nn.Module, dataset, settings: LoopSettings,
+             loss: Loss = masked_cross_entropy) -> float:
+    """Token-weighted mean loss over the same ``val_batches`` batches every time."""
+    model.eval()
+    total, count = mx.array(0.0), mx.array(0)
+    batches = iterate_batches(dataset, settings.batch_size, settings.max_seq_length,
+                              rng=np.random.default_rng(0), name="validation")
+    for index, (tokens, bounds, _) in enumerate(batches):
+        if settings.val_batches != -1 and index >= settings.val_batches:
+            break
+        value, n = loss(model, tokens, bounds)
+        total, count = total + value * n, count + n
+        mx.eval(total, count)
+    model.train()
+    return (total / mx.maximum(count, 1)).item()
+
+
+def _global_norm(grads) -> mx.array:
+    return mx.sqrt(sum(mx.sum(g.astype(mx.float32) ** 2) for _, g in tree_flatten(grads)))
+
+
+def train(
+    model: nn.Module,
+    optimizer: optim.Optimizer,
+    train_set,
+    val_set,
+    settings: LoopSettings,
+    *,
+    listener: Listener = Listener(),
+    save_adapter: Callable[[str], Path] = lambda name: Path(name),
+    loss: Loss = masked_cross_entropy,
+) -> TrainResult:
+    """Train the model's trainable (LoRA) parameters; returns the best validation loss.
+
+    ``save_adapter(name)`` writes the current adapter into a folder called ``name``
+    ("best", or "step-000010" every ``save_every`` steps) and returns its path.
+    """
+    loss_and_grad = nn.value_and_grad(model, loss)
+
+    def micro_step(tokens, bounds, accumulated):
+        (value, _), grads = loss_and_grad(model, tokens, bounds)
+        if accumulated is not None:
+            grads = tree_map(mx.add, grads, accumulated)
+        return value, grads
+
+    if settings.compile:
+        state = [model.state, mx.random.state]
+        micro_step = partial(mx.compile, inputs=state, outputs=state)(micro_step)
+
+    def apply_update(accumulated, count: int) -> float:
+        grads = tree_map(lambda g: g / count, accumulated)
+        norm = _global_norm(grads)
+        if settings.max_grad_norm is not None:
+            grads, norm = optim.clip_grad_norm(grads, settings.max_grad_norm)
+        optimizer.update(model, grads)
+        mx.eval(model.trainable_parameters(), optimizer.state, norm)
+        return norm.item()
+
+    best_loss, best_step = math.inf, 0
+    eval_seconds = train_seconds = 0.0
+    step = trained = 0
+
+    def run_eval() -> None:
+        nonlocal best_loss, best_step, eval_seconds
+        start = time.perf_counter()
+        val_loss = evaluate(model, val_set, settings, loss)
+        eval_seconds += time.perf_counter() - start
+        if not math.isfinite(val_loss):
+            raise NonFiniteLossError(f"validation loss is {val_loss} at step {step}")
+        improved = val_loss < best_loss
+        if improved:
+            best_loss, best_step = val_loss, step
+        listener.on_eval_report(EvalReport(step, val_loss, math.exp(min(val_loss, 700.0)),
+                                           improved, trained, time.perf_counter() - start))
+        if improved:
+            listener.on_checkpoint(CheckpointReport(step, save_adapter("best"), "best", val_loss))
+
+    model.train()
+    mx.reset_peak_memory()
+    run_eval()  # step 0: the base model (LoRA's B matrices start at zero)
+
+    batches = iterate_batches(train_set, settings.batch_size, settings.max_seq_length,
+                              rng=np.random.default_rng(settings.seed), loop=True)
+    accumulated, in_step = None, 0
+    window_loss = window_seconds = 0.0
+    window_micro = window_tokens = 0
+    for iteration in range(1, settings.iters + 1):
+        tokens, bounds, n_tokens = next(batches)
+        start = time.perf_counter()
+        value, accumulated = micro_step(tokens, bounds, accumulated)
+        mx.eval(value, accumulated)
+        loss_value = value.item()
+        if not math.isfinite(loss_value):
+            raise NonFiniteLossError(
+                f"train loss is {loss_value} at iteration {iteration} (step {step}); "
+                "try a lower optimizer.lr or set train.max_grad_norm"
+            )
+        in_step += 1
+        window_loss, window_micro = window_loss + loss_value, window_micro + 1
+        window_tokens, trained = window_tokens + n_tokens, trained + n_tokens
+        last = iteration == settings.iters
+        if in_step == settings.grad_accumulation or last:
+            grad_norm = apply_update(accumulated, in_step)
+            accumulated, in_step, step = None, 0, step + 1
+        elapsed = time.perf_counter() - start
+        window_seconds, train_seconds = window_seconds + elapsed, train_seconds + elapsed
+        if in_step:
+            continue
+        if not math.isfinite(grad_norm):
+            raise NonFiniteLossError(f"gradient norm is {grad_norm} at step {step}; try a "
+                                     "lower optimizer.lr or set train.max_grad_norm")
+        if step % settings.report_every == 0 or last:
+            listener.on_train_report(TrainReport(
+                step=step,
+                iteration=iteration,
+                train_loss=window_loss / window_micro,
+                learning_rate=optimizer.learning_rate.item(),
+                grad_norm=grad_norm,
+                tokens_per_sec=window_tokens / max(window_seconds, 1e-9),
+                peak_memory_gb=mx.get_peak_memory() / 1e9,
+                trained_tokens=trained,
+            ))
+            window_loss = window_seconds = 0.0
+            window_micro = window_tokens = 0
+        if step % settings.eval_every == 0 or last:
+            run_eval()
+        if settings.save_every and step % settings.save_every == 0:
+            path = save_adapter(f"step-{step:06d}")
+            listener.on_checkpoint(CheckpointReport(step, path, "periodic"))
+    return TrainResult(best_loss, best_step, step, settings.iters, trained,
+                       train_seconds, eval_seconds)

@@ -1,0 +1,55 @@
+"""Optimizers and learning-rate schedules built from config by name (mlx.optimizers)."""
+
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+import mlx.core as mx
+import mlx.optimizers as optim
+
+from sweep.config.schema import (ConfigError, OptimizerConfig, OptimizerName, SchedulerConfig,
+                                 SchedulerName)
+
+__all__ = ["build_schedule", "build_optimizer"]
+
+Schedule = Callable[[mx.array], mx.array]
+
+
+def _constant(lr: float, _end: float, _steps: int) -> Schedule:
+    return lambda step: mx.array(lr, dtype=mx.float32)
+
+
+_DECAYS: Dict[SchedulerName, Callable[[float, float, int], Schedule]] = {
+    SchedulerName.cosine: lambda lr, end, steps: optim.cosine_decay(lr, steps, end),
+    SchedulerName.linear: lambda lr, end, steps: optim.linear_schedule(lr, end, steps),
+    SchedulerName.constant: _constant,
+}
+
+
+def build_schedule(cfg: SchedulerConfig, lr: float, total_steps: int) -> Schedule:
+    """Linear warmup from 0 over the warmup steps, then decay to ``lr * min_lr_ratio``
+    at the last optimizer step (HF-style: the step-0 update uses lr 0 when warming up)."""
+    warmup = min(cfg.warmup_for(total_steps), max(total_steps - 1, 0))
+    decay = _DECAYS[cfg.name](lr, lr * cfg.min_lr_ratio, max(total_steps - warmup - 1, 1))
+    if warmup == 0:
+        return decay
+    return optim.join_schedules([optim.linear_schedule(0.0, lr, warmup), decay], [warmup])
+
+
+_OPTIMIZERS: Dict[OptimizerName, Callable[[OptimizerConfig, Schedule], optim.Optimizer]] = {
+    OptimizerName.adamw: lambda c, lr: optim.AdamW(
+        learning_rate=lr, betas=list(c.betas), eps=c.eps, weight_decay=c.weight_decay),
+    OptimizerName.adam: lambda c, lr: optim.Adam(learning_rate=lr, betas=list(c.betas), eps=c.eps),
+    OptimizerName.sgd: lambda c, lr: optim.SGD(
+        learning_rate=lr, momentum=c.momentum, weight_decay=c.weight_decay, nesterov=c.nesterov),
+    OptimizerName.adafactor: lambda c, lr: optim.Adafactor(
+        learning_rate=lr, relative_step=False, scale_parameter=False,
+        weight_decay=c.weight_decay),
+}
+
+
+def build_optimizer(cfg: OptimizerConfig, schedule: Schedule) -> optim.Optimizer:
+    if cfg.name is OptimizerName.adam and cfg.weight_decay > 0:
+        raise ConfigError(f"optimizer.weight_decay={cfg.weight_decay!r}: adam has no weight "
+                          "decay; use optimizer=adamw")
+    return _OPTIMIZERS[cfg.name](cfg, schedule)

@@ -1,0 +1,142 @@
+"""One trial, start to end: config -> data -> base model -> LoRA -> train -> track.
+
+:func:`run_trial` is a plain function (tests call it); ``sweep.cli`` wraps it in
+``@hydra.main``. It returns the best validation loss, the value a sweep minimises.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterable, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from sweep.blas import blas_choice
+from sweep.config import flatten, to_typed
+from sweep.config.schema import SweepConfig
+from sweep.training.events import Listener, Listeners, TrainResult
+
+__all__ = ["TrialResult", "run_trial", "train_settings"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    best_val_loss: float
+    best_step: int
+    adapter_dir: Path
+    model_dir: str
+    run_id: Optional[str]
+    trainable_parameters: int
+    train: TrainResult
+    seconds: float
+
+
+def train_settings(cfg: SweepConfig, n_train: int):
+    from sweep.training.loop import LoopSettings
+
+    t = cfg.train
+    iters = t.iters
+    if t.epochs is not None:
+        iters = max(1, math.ceil(t.epochs * n_train / t.batch_size))
+    return LoopSettings(
+        iters=iters, batch_size=t.batch_size, grad_accumulation=t.grad_accumulation,
+        max_seq_length=t.max_seq_length, max_grad_norm=t.max_grad_norm,
+        eval_every=t.eval_every, val_batches=t.val_batches, save_every=t.save_every,
+        report_every=t.report_every, compile=t.compile, seed=cfg.seed,
+    )
+
+
+def _write_config(cfg: DictConfig, overrides: Sequence[str], folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (folder / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
+    return folder
+
+
+def run_trial(
+    cfg: DictConfig,
+    output_dir: Path,
+    *,
+    overrides: Sequence[str] = (),
+    listeners: Iterable[Listener] = (),
+    parent_run_id: Optional[str] = None,
+    tags: Optional[Dict[str, str]] = None,
+) -> TrialResult:
+    """Train one LoRA adapter as ``cfg`` says; the best adapter ends in
+    ``output_dir/adapter`` and, when tracking is on, in the MLflow run's ``adapter/``."""
+    started = time.perf_counter()
+    typed = to_typed(cfg)
+    output_dir = Path(output_dir)
+    log.info(blas_choice().describe())
+
+    from sweep.data.batches import tokenize
+    from sweep.data.records import load_splits
+    from sweep.models.loader import load_base
+    from sweep.tracking.console import ConsoleReporter
+    from sweep.tracking.mlflow_tracker import MlflowTracker, NullTracker
+    from sweep.training.lora import apply_lora, save_adapter, trainable_parameters
+    from sweep.training.loop import train
+    from sweep.training.optim import build_optimizer, build_schedule
+
+    splits = load_splits(typed.data, typed.seed)
+    loaded = load_base(typed.model, typed.cache_dir, typed.seed)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    train_set = tokenize(splits.train, tokenizer, typed.data.mask_prompt)
+    val_set = tokenize(splits.valid, tokenizer, typed.data.mask_prompt)
+    settings = train_settings(typed, len(train_set))
+    adapter_cfg = apply_lora(model, typed.lora, typed.seed)
+    n_trainable = trainable_parameters(model)
+    schedule = build_schedule(typed.scheduler, typed.optimizer.lr, settings.total_steps)
+    optimizer = build_optimizer(typed.optimizer, schedule)
+    log.info("model %s (%s), %d trainable LoRA parameters, %d train / %d valid examples, "
+             "%d micro-batches = %d optimizer steps", typed.model.name, loaded.path,
+             n_trainable, len(train_set), len(val_set), settings.iters, settings.total_steps)
+
+    tracker = MlflowTracker(typed.mlflow, parent_run_id=parent_run_id) \
+        if typed.mlflow.enabled else NullTracker()
+    params: Dict[str, Any] = flatten(typed)
+    params.update({
+        "lora.scale": typed.lora.scale,
+        "trainable_parameters": n_trainable,
+        "train.total_steps": settings.total_steps,
+        "train.effective_batch_size": typed.train.batch_size * typed.train.grad_accumulation,
+        "data.train_examples": len(train_set),
+        "data.valid_examples": len(val_set),
+        "model.dir": loaded.path,
+        "blas": blas_choice().name,
+    })
+    tracker.start(params, {"sweep.output_dir": str(output_dir.resolve()), **(tags or {})})
+    adapter_dir = output_dir / "adapter"
+
+    def save(name: str) -> Path:
+        folder = adapter_dir if name == "best" else output_dir / "checkpoints" / name
+        return save_adapter(model, adapter_cfg, folder)
+
+    try:
+        tracker.log_artifacts(_write_config(cfg, overrides, output_dir / "config"), "config")
+        result = train(model, optimizer, train_set, val_set, settings,
+                       listener=Listeners([ConsoleReporter(settings.total_steps), tracker,
+                                           *listeners]),
+                       save_adapter=save)
+        tracker.log_metrics({"best_val_loss": result.best_val_loss,
+                             "best_step": result.best_step}, result.steps)
+        tracker.log_artifacts(adapter_dir, "adapter")
+    except KeyboardInterrupt:
+        tracker.end("KILLED")
+        raise
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    tracker.end("FINISHED")
+    seconds = time.perf_counter() - started
+    log.info("best val_loss %.4f (ppl %.2f) at step %d; adapter: %s; %.1f s",
+             result.best_val_loss, math.exp(result.best_val_loss), result.best_step,
+             adapter_dir, seconds)
+    return TrialResult(result.best_val_loss, result.best_step, adapter_dir, loaded.path,
+                       tracker.run_id, n_trainable, result, seconds)
