@@ -1,0 +1,62 @@
+"""Shared fixtures: compose the real config tree; tiny models; temporary MLflow stores.
+
+``import sweep`` comes first so that MLX gets the fast BLAS in the test process too.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, List, Sequence
+
+import sweep  # noqa: F401  (loads the fast BLAS before anything imports mlx)
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from sweep.config import register
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+register()
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF), job_name="test"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.fixture
+def compose_cfg() -> Callable[..., DictConfig]:
+    return lambda *overrides: compose_config(overrides)
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/mlflow/m.db"
+
+
+QA = [
+    ("What does Article 21 of the Constitution of India protect?",
+     "Article 21 protects the right to life and personal liberty."),
+    ("Which article abolishes untouchability?", "Article 17 abolishes untouchability."),
+    ("What is the minimum age to be President of India?", "The minimum age is 35 years."),
+    ("Who appoints the Chief Justice of India?", "The President of India appoints the CJI."),
+]
+
+
+@pytest.fixture
+def qa_file(tmp_path: Path) -> Path:
+    path = tmp_path / "qa.jsonl"
+    with path.open("w") as f:
+        for i in range(40):
+            q, a = QA[i % len(QA)]
+            f.write(json.dumps({"question": f"{q} ({i})", "answer": a}) + "\n")
+    return path
+
+
+def tiny_overrides(tmp_path: Path, qa: Path, *extra: str) -> List[str]:
+    return ["model=tiny", "data=jsonl", f"data.path={qa}", "train.iters=4",
+            "train.grad_accumulation=2", "train.eval_every=1", "train.val_batches=1",
+            f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow/m.db", *extra]

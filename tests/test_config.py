@@ -1,0 +1,127 @@
+"""Composition of the real config tree: every option, overrides, bad values, seeds."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from conftest import CONF, compose_config
+from sweep.config import flatten, to_typed
+from sweep.config.schema import (ConfigError, DataFormat, ModelSource, OptimizerName,
+                                 SchedulerName)
+
+GROUPS = ["model", "lora", "optimizer", "scheduler", "data"]
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
+NEEDS = {("data", "jsonl"): ["data.path=/tmp/x.jsonl"]}
+
+
+@pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_option_composes_and_validates(group: str, option: str) -> None:
+    cfg = compose_config([f"{group}={option}", *NEEDS.get((group, option), [])])
+    to_typed(cfg)
+    composed = OmegaConf.to_container(cfg[group], enum_to_str=True)
+    for key, value in OmegaConf.to_container(OmegaConf.load(CONF / group / f"{option}.yaml")).items():
+        assert composed[key] == value, f"{group}.{key}"
+
+
+def test_defaults_match_the_seeds() -> None:
+    typed = to_typed(compose_config())
+    assert typed.model.source is ModelSource.gguf
+    assert (typed.lora.rank, typed.lora.alpha, typed.lora.dropout) == (16, 32.0, 0.05)
+    assert typed.lora.scale == 2.0
+    assert len(typed.lora.keys) == 7
+    assert typed.optimizer.name is OptimizerName.adamw and typed.optimizer.lr == 2e-4
+    assert typed.scheduler.name is SchedulerName.cosine and typed.scheduler.min_lr_ratio == 0.1
+    assert typed.train.max_grad_norm == 1.0 and typed.train.batch_size == 4
+    assert typed.data.format is DataFormat.qa and typed.data.mask_prompt
+
+
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        (["lora.rank=8", "lora.alpha=32"], {"lora.rank": 8, "lora.alpha": 32.0}),
+        (["optimizer=sgd", "optimizer.lr=0.1"], {"optimizer.name": "sgd", "optimizer.lr": 0.1}),
+        (["scheduler=linear", "scheduler.warmup_steps=100"], {"scheduler.warmup_steps": 100}),
+        (["scheduler.warmup_ratio=null", "scheduler.warmup_steps=100"],
+         {"scheduler.warmup_steps": 100, "scheduler.warmup_ratio": None}),
+        (["train.grad_accumulation=8", "train.epochs=3"],
+         {"train.grad_accumulation": 8, "train.epochs": 3.0}),
+        (["lora=attention", "lora.num_layers=16"], {"lora.num_layers": 16}),
+        (["model=llama32_3b_8bit"], {"model.bits": 8, "model.quantize": True}),
+        (["model.quantize=true"], {"model.quantize": True}),
+        (["data.mask_prompt=false"], {"data.mask_prompt": False}),
+        (["seed=7"], {"seed": 7}),
+    ],
+)
+def test_overrides_compose(overrides, expected) -> None:
+    flat = flatten(to_typed(compose_config(overrides)))
+    for key, value in expected.items():
+        assert flat[key] == value
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("lora.rank=-1", "lora.rank"),
+        ("lora.rank=0", "lora.rank"),
+        ("lora.alpha=0", "lora.alpha"),
+        ("lora.dropout=1.0", "lora.dropout"),
+        ("lora.num_layers=0", "lora.num_layers"),
+        ("optimizer.lr=0", "optimizer.lr"),
+        ("optimizer.lr=-1e-4", "optimizer.lr"),
+        ("optimizer.weight_decay=-0.1", "optimizer.weight_decay"),
+        ("scheduler.min_lr_ratio=1.5", "scheduler.min_lr_ratio"),
+        ("scheduler.warmup_steps=10", "scheduler.warmup_ratio"),
+        ("train.batch_size=0", "train.batch_size"),
+        ("train.grad_accumulation=0", "train.grad_accumulation"),
+        ("train.iters=2", "train.iters"),
+        ("train.max_grad_norm=0", "train.max_grad_norm"),
+        ("train.val_batches=0", "train.val_batches"),
+        ("data.valid_fraction=0", "data.valid_fraction"),
+        ("model.bits=7", "model.bits"),
+        ("seed=-1", "seed"),
+    ],
+)
+def test_invalid_values_name_the_key(override: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^{key}="):
+        to_typed(compose_config([override]))
+
+
+@pytest.mark.parametrize(
+    "override,words",
+    [
+        ("lora.rank=abc", ["lora.rank", "abc"]),
+        ("optimizer.lr=fast", ["optimizer.lr", "fast"]),
+        ("optimizer.name=lion", ["optimizer.name", "lion"]),
+        ("train.batch_size=2.5", ["train.batch_size", "2.5"]),
+        ("lora.ranks=8", ["lora.ranks"]),
+        ("optimizer=lion", ["optimizer", "lion", "adamw"]),
+        ("model=gpt5", ["model", "gpt5", "smollm2_135m"]),
+    ],
+)
+def test_composition_errors_name_the_key(override: str, words) -> None:
+    with pytest.raises(ConfigCompositionException) as error:
+        compose_config([override])
+    text = str(error.value) + str(error.value.__cause__)
+    for word in words:
+        assert word in text
+
+
+def test_own_data_requires_a_path() -> None:
+    with pytest.raises(MissingMandatoryValue, match="data.path"):
+        to_typed(compose_config(["data=jsonl"]))
+
+
+def test_scale_is_alpha_over_rank_computed_once() -> None:
+    typed = to_typed(compose_config(["lora.rank=8", "lora.alpha=24"]))
+    assert typed.lora.scale == 3.0
+    assert "scale" not in compose_config().lora  # not a config key users could desync
+
+
+def test_same_seed_same_composed_config() -> None:
+    a = compose_config(["seed=123", "lora.rank=4"])
+    b = compose_config(["seed=123", "lora.rank=4"])
+    assert a == b
+    assert flatten(to_typed(a)) == flatten(to_typed(b))
