@@ -60,10 +60,10 @@ class Recorder(Listener):
 @pytest.mark.parametrize(
     "name,warmup,step,expected",
     [
-        ("cosine", 2, 0, 0.0), ("cosine", 2, 1, 0.5), ("cosine", 2, 2, 1.0),
+        ("cosine", 2, 0, 1 / 3), ("cosine", 2, 1, 2 / 3), ("cosine", 2, 2, 1.0),
         ("cosine", 2, 9, 0.1), ("cosine", 0, 0, 1.0), ("cosine", 0, 9, 0.1),
         ("linear", 0, 9, 0.1), ("linear", 1, 5, 1.0 - 0.9 * 4 / 8),
-        ("constant", 0, 9, 1.0), ("constant", 3, 1, 1 / 3),
+        ("constant", 0, 9, 1.0), ("constant", 3, 1, 2 / 4),
     ],
 )
 def test_schedule_warmup_then_decay(name, warmup, step, expected) -> None:
@@ -76,7 +76,7 @@ def test_schedule_warmup_then_decay(name, warmup, step, expected) -> None:
 
 def test_warmup_ratio_counts_optimizer_steps() -> None:
     schedule = build_schedule(SchedulerConfig(warmup_ratio=0.1), 1.0, total_steps=100)
-    assert schedule(mx.array(5)).item() == pytest.approx(0.5)
+    assert schedule(mx.array(4)).item() == pytest.approx(5 / 11)
     assert schedule(mx.array(10)).item() == pytest.approx(1.0)
 
 

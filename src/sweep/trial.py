@@ -47,7 +47,8 @@ def train_settings(cfg: SweepConfig, n_train: int):
     return LoopSettings(
         iters=iters, batch_size=t.batch_size, grad_accumulation=t.grad_accumulation,
         max_seq_length=t.max_seq_length, max_grad_norm=t.max_grad_norm,
-        eval_every=t.eval_every, val_batches=t.val_batches, save_every=t.save_every,
+        eval_every=t.eval_every, eval_every_iters=t.eval_every_iters,
+        val_batches=t.val_batches, save_every=t.save_every,
         report_every=t.report_every, compile=t.compile, seed=cfg.seed,
     )
 

@@ -32,6 +32,7 @@ __all__ = [
     "DataConfig",
     "TrainConfig",
     "MlflowConfig",
+    "TrialLink",
     "SweepConfig",
 ]
 
@@ -234,6 +235,9 @@ class TrainConfig:
     max_seq_length: int = 512
     max_grad_norm: Optional[float] = 1.0  # null = no clipping
     eval_every: int = 4  # optimizer steps between evaluations (and one at step 0)
+    # Or every N micro-batches (at the next optimizer step): sweeps over accumulation use
+    # it so every trial is evaluated (and pruned) after the same examples.
+    eval_every_iters: Optional[int] = None
     val_batches: int = 8  # -1 = the whole validation split
     save_every: int = 0  # optimizer steps between periodic checkpoints; 0 = off
     report_every: int = 1  # optimizer steps between train reports
@@ -253,6 +257,8 @@ class TrainConfig:
                  "must be null (no clipping) or > 0", self.max_grad_norm)
         _require(self.val_batches == -1 or self.val_batches > 0, "train.val_batches",
                  "must be -1 (all) or > 0", self.val_batches)
+        _require(self.eval_every_iters is None or self.eval_every_iters > 0,
+                 "train.eval_every_iters", "must be null or > 0", self.eval_every_iters)
         _require(self.save_every >= 0, "train.save_every", "must be >= 0", self.save_every)
 
 
@@ -273,6 +279,17 @@ class MlflowConfig:
 
 
 @dataclass
+class TrialLink:
+    """Set by the sweeper for each job (not by users): which Optuna trial this job is."""
+
+    storage: Optional[str] = None
+    study_name: Optional[str] = None
+    number: Optional[int] = None
+    parent_run_id: Optional[str] = None  # the study's MLflow run
+    objectives: List[str] = field(default_factory=lambda: ["val_loss"])
+
+
+@dataclass
 class SweepConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -281,6 +298,7 @@ class SweepConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    trial: TrialLink = field(default_factory=TrialLink)
     seed: int = 42
     # Where imported models are cached; null = $SWEEP_CACHE or ~/.cache/sweep
     cache_dir: Optional[str] = None

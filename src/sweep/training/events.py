@@ -26,6 +26,7 @@ class TrainReport:
 @dataclass(frozen=True)
 class EvalReport:
     step: int
+    iteration: int  # micro-batches done (comparable across accumulation settings)
     val_loss: float
     val_ppl: float
     is_best: bool

@@ -43,6 +43,7 @@ class LoopSettings:
     max_grad_norm: float | None
     eval_every: int  # optimizer steps
     val_batches: int  # -1 = all
+    eval_every_iters: int | None = None  # micro-batches; overrides eval_every
     save_every: int = 0  # optimizer steps, 0 = off
     report_every: int = 1
     compile: bool = True
@@ -125,7 +126,8 @@ def train(
 
     best_loss, best_step = math.inf, 0
     eval_seconds = train_seconds = 0.0
-    step = trained = 0
+    step = trained = iteration = 0
+    next_eval = settings.eval_every_iters
 
     def run_eval() -> None:
         nonlocal best_loss, best_step, eval_seconds
@@ -137,8 +139,9 @@ def train(
         improved = val_loss < best_loss
         if improved:
             best_loss, best_step = val_loss, step
-        listener.on_eval_report(EvalReport(step, val_loss, math.exp(min(val_loss, 700.0)),
-                                           improved, trained, time.perf_counter() - start))
+        listener.on_eval_report(EvalReport(step, iteration, val_loss,
+                                           math.exp(min(val_loss, 700.0)), improved, trained,
+                                           time.perf_counter() - start))
         if improved:
             listener.on_checkpoint(CheckpointReport(step, save_adapter("best"), "best", val_loss))
 
@@ -189,7 +192,13 @@ def train(
             ))
             window_loss = window_seconds = 0.0
             window_micro = window_tokens = 0
-        if step % settings.eval_every == 0 or last:
+        if settings.eval_every_iters:
+            due = iteration >= next_eval
+            while next_eval <= iteration:
+                next_eval += settings.eval_every_iters
+        else:
+            due = step % settings.eval_every == 0
+        if due or last:
             run_eval()
         if settings.save_every and step % settings.save_every == 0:
             path = save_adapter(f"step-{step:06d}")

@@ -27,13 +27,14 @@ _DECAYS: Dict[SchedulerName, Callable[[float, float, int], Schedule]] = {
 
 
 def build_schedule(cfg: SchedulerConfig, lr: float, total_steps: int) -> Schedule:
-    """Linear warmup from 0 over the warmup steps, then decay to ``lr * min_lr_ratio``
-    at the last optimizer step (HF-style: the step-0 update uses lr 0 when warming up)."""
+    """Linear warmup over the first ``W`` optimizer steps (``lr * (s + 1) / (W + 1)``, so
+    no step is wasted at lr 0), then decay to ``lr * min_lr_ratio`` at the last step."""
     warmup = min(cfg.warmup_for(total_steps), max(total_steps - 1, 0))
     decay = _DECAYS[cfg.name](lr, lr * cfg.min_lr_ratio, max(total_steps - warmup - 1, 1))
     if warmup == 0:
         return decay
-    return optim.join_schedules([optim.linear_schedule(0.0, lr, warmup), decay], [warmup])
+    ramp = optim.linear_schedule(lr / (warmup + 1), lr, warmup)
+    return optim.join_schedules([ramp, decay], [warmup])
 
 
 _OPTIMIZERS: Dict[OptimizerName, Callable[[OptimizerConfig, Schedule], optim.Optimizer]] = {
