@@ -2,7 +2,8 @@
 
 Returns the trial's best validation loss so that a Hydra sweeper can minimise it. Bad
 input (config, data, model) is reported as one line naming the key, file or line, and
-the process exits with status 2.
+the process exits with status 2. Inside a sweep (``sweep -m``) the job is an Optuna
+trial: it reports to it, may be pruned, and tells Optuna how it ended.
 """
 
 from __future__ import annotations
@@ -24,18 +25,45 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 register()
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def app(cfg: DictConfig) -> float:
+def run_job(cfg: DictConfig, output_dir: Path, overrides: list) -> float:
+    """One Hydra job: a plain trial, or a trial of an Optuna study (``cfg.trial``)."""
+    from sweep.config import to_typed
+    from sweep.optuna_link import TrialPruned, objective_values, open_link
     from sweep.trial import run_trial
 
+    link_cfg = to_typed(cfg).trial
+    link = open_link(link_cfg)
+    if link is None:
+        return run_trial(cfg, output_dir, overrides=overrides).best_val_loss
+    label = f"trial {link.number}"
+    try:
+        result = run_trial(cfg, output_dir, overrides=overrides, listeners=[link.listener],
+                           parent_run_id=link_cfg.parent_run_id, run_name=f"trial-{link.number}",
+                           tags={"sweep.study": str(link_cfg.study_name),
+                                 "sweep.trial": str(link.number)},
+                           label=label, on_start=link.started)
+    except TrialPruned as pruned:
+        link.prune()
+        log.info("%s %s", label, pruned)
+        return float("nan")
+    except BaseException as error:
+        link.fail(f"{type(error).__name__}: {error}")
+        raise
+    values = objective_values(list(link_cfg.objectives), result)
+    link.complete(values)
+    return values[0]
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def app(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     try:
-        result = run_trial(cfg, Path(hydra_cfg.runtime.output_dir),
-                           overrides=list(hydra_cfg.overrides.task))
+        return run_job(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
     except SweepError as error:
         log.error("%s", error)
+        if cfg.trial.number is not None:
+            raise  # in a sweep: this trial fails, the sweep goes on
         sys.exit(2)
-    return result.best_val_loss
 
 
 def main() -> None:

@@ -11,14 +11,14 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
 from sweep.blas import blas_choice
 from sweep.config import flatten, to_typed
 from sweep.config.schema import SweepConfig
-from sweep.training.events import Listener, Listeners, TrainResult
+from sweep.training.events import Listener, Listeners, TrainResult, TrialStopped
 
 __all__ = ["TrialResult", "run_trial", "train_settings"]
 
@@ -67,10 +67,18 @@ def run_trial(
     overrides: Sequence[str] = (),
     listeners: Iterable[Listener] = (),
     parent_run_id: Optional[str] = None,
+    run_name: Optional[str] = None,
     tags: Optional[Dict[str, str]] = None,
+    label: str = "",
+    on_start: Optional[Callable[[Optional[str], str], None]] = None,
 ) -> TrialResult:
     """Train one LoRA adapter as ``cfg`` says; the best adapter ends in
-    ``output_dir/adapter`` and, when tracking is on, in the MLflow run's ``adapter/``."""
+    ``output_dir/adapter`` and, when tracking is on, in the MLflow run's ``adapter/``.
+
+    A listener may stop the trial by raising :class:`~sweep.training.events.TrialStopped`
+    (a pruner does): the adapter so far is still logged, and the run ends KILLED with the
+    tag ``sweep.state`` saying why. Any other exception ends the run FAILED.
+    """
     started = time.perf_counter()
     typed = to_typed(cfg)
     output_dir = Path(output_dir)
@@ -99,7 +107,7 @@ def run_trial(
              "%d micro-batches = %d optimizer steps", typed.model.name, loaded.path,
              n_trainable, len(train_set), len(val_set), settings.iters, settings.total_steps)
 
-    tracker = MlflowTracker(typed.mlflow, parent_run_id=parent_run_id) \
+    tracker = MlflowTracker(typed.mlflow, run_name=run_name, parent_run_id=parent_run_id) \
         if typed.mlflow.enabled else NullTracker()
     params: Dict[str, Any] = flatten(typed)
     params.update({
@@ -113,6 +121,8 @@ def run_trial(
         "blas": blas_choice().name,
     })
     tracker.start(params, {"sweep.output_dir": str(output_dir.resolve()), **(tags or {})})
+    if on_start is not None:
+        on_start(tracker.run_id, str(output_dir.resolve()))
     adapter_dir = output_dir / "adapter"
 
     def save(name: str) -> Path:
@@ -122,12 +132,18 @@ def run_trial(
     try:
         tracker.log_artifacts(_write_config(cfg, overrides, output_dir / "config"), "config")
         result = train(model, optimizer, train_set, val_set, settings,
-                       listener=Listeners([ConsoleReporter(settings.total_steps), tracker,
-                                           *listeners]),
+                       listener=Listeners([ConsoleReporter(settings.total_steps, label),
+                                           tracker, *listeners]),
                        save_adapter=save)
         tracker.log_metrics({"best_val_loss": result.best_val_loss,
                              "best_step": result.best_step}, result.steps)
         tracker.log_artifacts(adapter_dir, "adapter")
+    except TrialStopped as stop:
+        if (adapter_dir / "adapters.safetensors").exists():
+            tracker.log_artifacts(adapter_dir, "adapter")
+        tracker.set_tag("sweep.state", stop.state)
+        tracker.end("KILLED")
+        raise
     except KeyboardInterrupt:
         tracker.end("KILLED")
         raise

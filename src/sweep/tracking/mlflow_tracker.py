@@ -48,6 +48,8 @@ class NullTracker(Listener):
 
     def log_artifacts(self, folder: Path, artifact_path: str) -> None: ...
 
+    def set_tag(self, key: str, value: str) -> None: ...
+
     def end(self, status: str) -> None: ...
 
 
@@ -116,6 +118,9 @@ class MlflowTracker(NullTracker):
 
     def log_artifacts(self, folder: Path, artifact_path: str) -> None:
         self.client.log_artifacts(self.run_id, str(folder), artifact_path)
+
+    def set_tag(self, key: str, value: str) -> None:
+        self.client.set_tag(self.run_id, key, value)
 
     def end(self, status: str) -> None:
         if self.run_id is not None:

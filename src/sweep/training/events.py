@@ -53,6 +53,12 @@ class TrainResult:
     eval_seconds: float
 
 
+class TrialStopped(Exception):
+    """Raised by a listener to end the trial early on purpose (e.g. a pruner)."""
+
+    state = "STOPPED"
+
+
 class Listener:
     """Base class with no-op hooks; override the ones you need."""
 

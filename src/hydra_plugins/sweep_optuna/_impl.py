@@ -1,0 +1,281 @@
+"""The ask -> launch -> reconcile loop behind ``SweepOptunaSweeper``.
+
+Each worker (this process, the extra processes it may start, or the same command run
+elsewhere against the same storage) asks Optuna for one trial at a time and launches
+it as soon as it is free: no blocking batches. ``n_trials`` counts the finished trials
+of the whole study, so re-running the command resumes it. The job tells Optuna how its
+trial ended (``sweep.optuna_link``); a trial whose job died is set to FAIL here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+import optuna
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobStatus
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import TrialState
+
+from hydra_plugins.sweep_optuna._search_space import (SearchSpace, SearchSpaceError, grid_values,
+                                                      parse_search_space)
+
+log = logging.getLogger("sweep.sweeper")
+
+WORKER_ENV = "SWEEP_OPTUNA_WORKER"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class SweepAborted(RuntimeError):
+    """The sweep stopped on purpose (too many failures, a bad search space)."""
+
+
+def _get(settings: Mapping[str, Any], key: str) -> Any:
+    value = settings[key]
+    return value.value if hasattr(value, "value") and not isinstance(value, (int, float)) else value
+
+
+def build_sampler(name: str, kwargs: Dict[str, Any], seed: int, space: SearchSpace,
+                  multi_objective: bool) -> optuna.samplers.BaseSampler:
+    samplers = {
+        "tpe": lambda: optuna.samplers.TPESampler(seed=seed, **kwargs),
+        "random": lambda: optuna.samplers.RandomSampler(seed=seed, **kwargs),
+        "grid": lambda: optuna.samplers.GridSampler(grid_values(space), seed=seed, **kwargs),
+        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed, **kwargs),
+        "gp": lambda: optuna.samplers.GPSampler(seed=seed, **kwargs),
+        "qmc": lambda: optuna.samplers.QMCSampler(seed=seed, **kwargs),
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed, **kwargs),
+    }
+    if name not in samplers:
+        raise SweepAborted(f"hydra.sweeper.sampler={name}: choose from {sorted(samplers)}")
+    if name == "gp":
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise SweepAborted("hydra.sweeper.sampler=gp needs PyTorch (pip install torch); "
+                               "tpe, random, grid, cmaes, qmc and nsga2 do not") from None
+    if name == "cmaes" and multi_objective:
+        raise SweepAborted("hydra.sweeper.sampler=cmaes is single-objective; use nsga2 or tpe")
+    return samplers[name]()
+
+
+def build_pruner(name: str, kwargs: Dict[str, Any]) -> optuna.pruners.BasePruner:
+    pruners = {
+        "median": lambda: optuna.pruners.MedianPruner(
+            **{"n_startup_trials": 2, "n_warmup_steps": 0, **kwargs}),
+        "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(**kwargs),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(**kwargs),
+        "none": lambda: optuna.pruners.NopPruner(),
+    }
+    if name not in pruners:
+        raise SweepAborted(f"hydra.sweeper.pruner={name}: choose from {sorted(pruners)}")
+    return pruners[name]()
+
+
+def hydra_value(value: Any) -> str:
+    """A sampled value written so that Hydra's override grammar reads it back unchanged."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, int):
+        return str(value)
+    text = str(value)
+    return text if text.replace("_", "").replace("-", "").replace(".", "").isalnum() \
+        else "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _pid_alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, TypeError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class SweeperImpl:
+    def __init__(self, settings: Mapping[str, Any]):
+        self.settings = settings
+        self.config: Optional[DictConfig] = None
+        self.launcher = None
+        self.hydra_context: Optional[HydraContext] = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:
+        self.hydra_context = hydra_context
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config)
+
+    # -- the study ---------------------------------------------------------------
+    def _storage(self) -> optuna.storages.RDBStorage:
+        url = str(self.settings["storage"])
+        if url.startswith("sqlite:///"):
+            Path(url[len("sqlite:///"):]).expanduser().resolve().parent.mkdir(
+                parents=True, exist_ok=True)
+        return optuna.storages.RDBStorage(
+            url, heartbeat_interval=int(self.settings["heartbeat_interval"]),
+            grace_period=int(self.settings["grace_period"]))
+
+    def _objectives(self) -> List[str]:
+        return [getattr(o, "value", o) for o in self.settings["objectives"]]
+
+    def open_study(self, space: SearchSpace) -> optuna.Study:
+        s = self.settings
+        seed = s["seed"] if s["seed"] is not None else int(self.config.get("seed", 0))
+        objectives = self._objectives()
+        sampler = build_sampler(_get(s, "sampler"), dict(s["sampler_kwargs"] or {}), seed, space,
+                                len(objectives) > 1)
+        pruner = build_pruner(_get(s, "pruner"), dict(s["pruner_kwargs"] or {}))
+        study = optuna.create_study(
+            storage=self._storage(), study_name=str(s["study_name"]), sampler=sampler,
+            pruner=pruner, directions=["minimize"] * len(objectives), load_if_exists=True)
+        if len(study.directions) != len(objectives):
+            raise SweepAborted(
+                f"study '{study.study_name}' has {len(study.directions)} objective(s), "
+                f"hydra.sweeper.objectives has {len(objectives)}; use another study_name")
+        study.set_user_attr("objectives", objectives)
+        return study
+
+    def fail_dead_trials(self, study: optuna.Study) -> List[int]:
+        """RUNNING trials of dead processes on this host -> FAIL (and their MLflow runs)."""
+        host = socket.gethostname()
+        failed = []
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            attrs = t.user_attrs
+            owner_pid = attrs.get("pid", attrs.get("sweeper_pid"))
+            owner_host = attrs.get("host", attrs.get("sweeper_host"))
+            if owner_host == host and not _pid_alive(owner_pid):
+                study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+                failed.append(t.number)
+        failed += optuna.storages.fail_stale_trials(study) or []
+        if failed:
+            log.warning("Trials %s were left RUNNING by a process that died: now FAIL", failed)
+        return failed
+
+    # -- one trial ---------------------------------------------------------------
+    def _link_overrides(self, study: optuna.Study, number: int, parent: Optional[str]) -> List[str]:
+        objectives = ",".join(self._objectives())
+        out = [f"trial.storage={hydra_value(str(self.settings['storage']))}",
+               f"trial.study_name={hydra_value(study.study_name)}",
+               f"trial.number={number}",
+               f"trial.objectives=[{objectives}]"]
+        if parent:
+            out.append(f"trial.parent_run_id={hydra_value(parent)}")
+        return out
+
+    def run_one(self, study: optuna.Study, space: SearchSpace, parent: Optional[str]) -> Any:
+        trial = study.ask(space.distributions)
+        trial.set_user_attr("sweeper_host", socket.gethostname())
+        trial.set_user_attr("sweeper_pid", os.getpid())
+        params = [f"{k}={hydra_value(v)}" for k, v in trial.params.items()]
+        overrides = space.fixed + params + self._link_overrides(study, trial.number, parent)
+        trial.set_user_attr("overrides", space.fixed + params)
+        log.info("trial %d: %s", trial.number, " ".join(params))
+        try:
+            self.validate(overrides)
+            result = self.launcher.launch([overrides], initial_job_idx=trial.number)[0]
+        except Exception as error:  # composition errors: this trial FAILs, the sweep goes on
+            trial.set_user_attr("fail_reason", f"{type(error).__name__}: {error}"[:1000])
+            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+            log.error("trial %d could not start: %s", trial.number, error)
+            return None
+        frozen = study._storage.get_trial(trial._trial_id)
+        if frozen.state == TrialState.RUNNING:  # the job died before telling
+            reason = result._return_value if result.status == JobStatus.FAILED else "no result"
+            trial.set_user_attr("fail_reason", f"{reason}"[:1000])
+            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+            frozen = study._storage.get_trial(trial._trial_id)
+        self._log_outcome(study, frozen)
+        return result
+
+    def validate(self, overrides: List[str]) -> None:
+        self.hydra_context.config_loader.load_sweep_config(
+            master_config=self.config, sweep_overrides=list(overrides))
+
+    def _log_outcome(self, study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+        done = len(study.get_trials(deepcopy=False, states=FINISHED))
+        value = ", ".join(f"{v:.4f}" for v in t.values) if t.values else "-"
+        reason = t.user_attrs.get("fail_reason", "") if t.state == TrialState.FAIL else ""
+        log.info("trial %d %s (%s)%s  [%d/%d finished]", t.number, t.state.name, value,
+                 f": {reason}" if reason else "", done, int(self.settings["n_trials"]))
+
+    # -- the loop ----------------------------------------------------------------
+    def check_failure_rate(self, study: optuna.Study) -> None:
+        trials = study.get_trials(deepcopy=False, states=FINISHED + (TrialState.FAIL,))
+        failed = sum(t.state == TrialState.FAIL for t in trials)
+        rate, limit = failed / max(len(trials), 1), float(self.settings["max_failure_rate"])
+        if len(trials) >= int(self.settings["min_trials_for_failure_rate"]) and rate > limit:
+            raise SweepAborted(
+                f"{failed} of {len(trials)} trials failed ({rate:.0%} > hydra.sweeper."
+                f"max_failure_rate={limit:.0%}); see the fail_reason of the failed trials")
+
+    def _start_workers(self) -> List[subprocess.Popen]:
+        n = int(self.settings["n_workers"])
+        if n <= 1 or os.environ.get(WORKER_ENV):
+            return []
+        argv = [sys.executable, *sys.orig_argv[1:]]
+        log.info("Starting %d more worker process(es) on this study", n - 1)
+        return [subprocess.Popen(argv, env={**os.environ, WORKER_ENV: str(i)})
+                for i in range(1, n)]
+
+    def sweep(self, arguments: List[str]) -> Any:
+        from hydra_plugins.sweep_optuna._report import StudyReport
+
+        try:
+            space = parse_search_space(dict(self.settings["params"] or {}), arguments)
+        except SearchSpaceError as error:
+            raise SweepAborted(f"hydra.sweeper.params: {error}") from None
+        if not space.distributions:
+            raise SweepAborted("hydra.sweeper.params is empty: nothing to search")
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+
+        study = self.open_study(space)
+        self.fail_dead_trials(study)
+        report = StudyReport(study, self.config, self.settings, space)
+        parent = report.open_parent_run()
+        workers = self._start_workers()
+        n_trials = int(self.settings["n_trials"])
+        results = []
+        try:
+            while True:
+                finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+                running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+                if finished + running >= n_trials:
+                    break
+                self.check_failure_rate(study)
+                results.append(self.run_one(study, space, parent))
+            for worker in workers:
+                worker.wait()
+            while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) and \
+                    not os.environ.get(WORKER_ENV):
+                self.fail_dead_trials(study)  # other machines' trials: wait for them
+                time.sleep(5)
+        except BaseException as error:
+            report.close_parent_run("FAILED" if not isinstance(error, KeyboardInterrupt)
+                                    else "KILLED")
+            for worker in workers:
+                worker.terminate()
+            raise
+        if not os.environ.get(WORKER_ENV):
+            report.finish()
+        return results
+
+
+def best_value_text(values: Optional[List[float]]) -> str:
+    return "-" if not values else ", ".join(f"{v:.4f}" for v in values if not math.isnan(v))

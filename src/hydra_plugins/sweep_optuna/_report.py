@@ -1,0 +1,269 @@
+"""The study's MLflow parent run and its end-of-sweep report.
+
+One parent run per study (its id is kept in the study, so a resumed sweep reuses it);
+every trial's run is its child. At the end the parent gets the best value and params, a
+leaderboard (CSV and Markdown), plots (PNG), the best config as YAML and a copy of the
+best adapter; the terminal gets the same leaderboard as a table.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+import optuna
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import FrozenTrial, TrialState
+
+from hydra_plugins.sweep_optuna._search_space import SearchSpace
+
+log = logging.getLogger("sweep.sweeper")
+PARENT_ATTR = "mlflow_parent_run_id"
+_ORDER = {TrialState.COMPLETE: 0, TrialState.PRUNED: 1, TrialState.FAIL: 2,
+          TrialState.RUNNING: 3, TrialState.WAITING: 4}
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def leaderboard(study: optuna.Study) -> List[Dict[str, Any]]:
+    """One row per trial, best first: complete by value, then pruned, then failed."""
+    objectives = study.user_attrs.get("objectives", ["value"])
+    keys = sorted({k for t in study.trials for k in t.params})
+
+    def sort_key(t: FrozenTrial):
+        last = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values \
+            else math.inf
+        primary = t.values[0] if t.values else last
+        return (_ORDER.get(t.state, 9), primary if primary is not None else math.inf, t.number)
+
+    rows = []
+    for rank, t in enumerate(sorted(study.trials, key=sort_key), start=1):
+        row: Dict[str, Any] = {"rank": rank, "trial": t.number, "state": t.state.name}
+        for i, name in enumerate(objectives):
+            row[name] = t.values[i] if t.values and len(t.values) > i else None
+        if t.intermediate_values:
+            row["last_reported"] = t.intermediate_values[max(t.intermediate_values)]
+            row["reported_at_iter"] = max(t.intermediate_values)
+        else:
+            row["last_reported"] = row["reported_at_iter"] = None
+        for k in keys:
+            row[k] = t.params.get(k)
+        row["seconds"] = round(t.duration.total_seconds(), 1) if t.duration else None
+        row["mlflow_run_id"] = t.user_attrs.get("mlflow_run_id")
+        rows.append(row)
+    return rows
+
+
+def to_csv(rows: List[Dict[str, Any]]) -> str:
+    out = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return out.getvalue()
+
+
+def to_markdown(rows: List[Dict[str, Any]]) -> str:
+    if not rows:
+        return "(no trials)\n"
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(r[h]) for h in header) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+class StudyReport:
+    def __init__(self, study: optuna.Study, config: DictConfig, settings: Mapping[str, Any],
+                 space: SearchSpace):
+        self.study = study
+        self.config = config
+        self.settings = settings
+        self.space = space
+        self.folder = Path(config.hydra.sweep.dir) / "report"
+        self.enabled = bool(OmegaConf.select(config, "mlflow.enabled", default=False))
+        self.client = None
+        self.run_id: Optional[str] = None
+
+    # -- MLflow parent run -------------------------------------------------------
+    def open_parent_run(self) -> Optional[str]:
+        if not self.enabled:
+            return None
+        from sweep.config.schema import MlflowConfig
+        from sweep.tracking.mlflow_tracker import MlflowTracker
+
+        cfg = MlflowConfig(**OmegaConf.to_container(self.config.mlflow, resolve=True))
+        tracker = MlflowTracker(cfg)
+        self.client = tracker.client
+        run_id = self.study.user_attrs.get(PARENT_ATTR)
+        if run_id:
+            try:
+                self.client.update_run(run_id, status="RUNNING")
+                self.run_id = run_id
+            except Exception:
+                run_id = None
+        if not run_id:
+            tracker.run_name = f"study {self.study.study_name}"
+            tracker.start(self._study_params(), {"sweep.kind": "study",
+                                                 "sweep.study": self.study.study_name})
+            self.run_id = tracker.run_id
+            self.study.set_user_attr(PARENT_ATTR, self.run_id)
+        self.client.set_tag(self.run_id, "sweep.n_trials", str(self.settings["n_trials"]))
+        self.mark_dead_runs()
+        return self.run_id
+
+    def _study_params(self) -> Dict[str, Any]:
+        s = self.settings
+        params: Dict[str, Any] = {
+            "study_name": self.study.study_name,
+            "sampler": getattr(s["sampler"], "value", s["sampler"]),
+            "sampler_kwargs": dict(s["sampler_kwargs"] or {}),
+            "pruner": getattr(s["pruner"], "value", s["pruner"]),
+            "pruner_kwargs": dict(s["pruner_kwargs"] or {}),
+            "objectives": [getattr(o, "value", o) for o in s["objectives"]],
+            "storage": str(s["storage"]).split("@")[-1],  # no password in MLflow
+        }
+        params.update({f"search.{k}": repr(v) for k, v in self.space.distributions.items()})
+        params.update({f"fixed.{f.split('=', 1)[0]}": f.split("=", 1)[1] for f in self.space.fixed})
+        return params
+
+    def mark_dead_runs(self) -> None:
+        """Child runs of trials that ended FAIL without their job closing the run."""
+        if self.client is None:
+            return
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            run_id = t.user_attrs.get("mlflow_run_id")
+            if not run_id:
+                continue
+            try:
+                if self.client.get_run(run_id).info.status == "RUNNING":
+                    self.client.set_tag(run_id, "sweep.state", "FAIL")
+                    self.client.set_terminated(run_id, status="FAILED")
+            except Exception as error:
+                log.warning("could not close MLflow run %s: %s", run_id, error)
+
+    def close_parent_run(self, status: str) -> None:
+        if self.client is not None and self.run_id:
+            self.mark_dead_runs()
+            self.client.set_terminated(self.run_id, status=status)
+
+    # -- the report --------------------------------------------------------------
+    def finish(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        rows = leaderboard(self.study)
+        (self.folder / "leaderboard.csv").write_text(to_csv(rows))
+        (self.folder / "leaderboard.md").write_text(to_markdown(rows))
+        best = self._best_trials()
+        self._write_best(best)
+        self._plots()
+        self._print(rows, best)
+        if self.client is not None and self.run_id:
+            self.mark_dead_runs()
+            if best:
+                self.client.log_metric(self.run_id, "best_value", best[0].values[0])
+                self.client.set_tag(self.run_id, "sweep.best_trial", str(best[0].number))
+                if best[0].user_attrs.get("mlflow_run_id"):
+                    self.client.set_tag(self.run_id, "sweep.best_run_id",
+                                        best[0].user_attrs["mlflow_run_id"])
+                for k, v in best[0].params.items():
+                    self.client.set_tag(self.run_id, f"best.{k}", str(v))
+            counts = {s.name: 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+            for t in self.study.trials:
+                if t.state.name in counts:
+                    counts[t.state.name] += 1
+            for state, n in counts.items():
+                self.client.log_metric(self.run_id, f"trials_{state.lower()}", n)
+            self.client.log_artifacts(self.run_id, str(self.folder), "report")
+            self.client.set_terminated(self.run_id, status="FINISHED")
+
+    def _best_trials(self) -> List[FrozenTrial]:
+        if not self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            return []
+        if len(self.study.directions) > 1:
+            return sorted(self.study.best_trials, key=lambda t: t.values)
+        return [self.study.best_trial]
+
+    def _write_best(self, best: List[FrozenTrial]) -> None:
+        if not best:
+            return
+        if len(self.study.directions) > 1:
+            pareto = [r for r in leaderboard(self.study) if r["trial"] in {t.number for t in best}]
+            (self.folder / "pareto_front.csv").write_text(to_csv(pareto))
+            (self.folder / "pareto_front.md").write_text(to_markdown(pareto))
+        top = best[0]
+        out_dir = Path(top.user_attrs.get("output_dir", ""))
+        lines = [f"# best trial {top.number} of study '{self.study.study_name}': "
+                 f"{', '.join(f'{v:.4f}' for v in top.values)}",
+                 f"# rerun: sweep {' '.join(top.user_attrs.get('overrides', []))}"]
+        config_file = out_dir / "config" / "config.yaml"
+        body = config_file.read_text() if config_file.is_file() else OmegaConf.to_yaml(
+            OmegaConf.create({"params": top.params}))
+        (self.folder / "best_config.yaml").write_text("\n".join(lines) + "\n" + body)
+        adapter = out_dir / "adapter"
+        if adapter.is_dir():
+            target = self.folder / "best_adapter"
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(adapter, target)
+
+    def _plots(self) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from optuna.visualization import matplotlib as oplt
+
+        plots = {"optimization_history": oplt.plot_optimization_history,
+                 "param_importances": oplt.plot_param_importances,
+                 "parallel_coordinate": oplt.plot_parallel_coordinate,
+                 "intermediate_values": oplt.plot_intermediate_values}
+        if len(self.study.directions) > 1:
+            names = self.study.user_attrs.get("objectives")
+            plots = {"pareto_front": lambda s: oplt.plot_pareto_front(s, target_names=names),
+                     "param_importances": lambda s: oplt.plot_param_importances(
+                         s, target=lambda t: t.values[0], target_name=names[0])}
+        (self.folder / "plots").mkdir(exist_ok=True)
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        for name, plot in plots.items():
+            try:
+                ax = plot(self.study)
+                figure = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+                figure.set_size_inches(10, 6)
+                figure.tight_layout()
+                figure.savefig(self.folder / "plots" / f"{name}.png", dpi=100)
+                plt.close(figure)
+            except Exception as error:  # e.g. importances need two complete trials
+                log.info("plot %s skipped: %s", name, error)
+
+    def _print(self, rows: List[Dict[str, Any]], best: List[FrozenTrial]) -> None:
+        import sys
+
+        from rich.console import Console
+        from rich.table import Table
+
+        console = Console(width=None if sys.stdout.isatty() else 160)
+        objectives = self.study.user_attrs.get("objectives", ["value"])
+        params = sorted({k for t in self.study.trials for k in t.params})
+        table = Table(title=f"study '{self.study.study_name}': {len(rows)} trials")
+        for column in ["#", "trial", "state", *objectives, "last val", *params, "s"]:
+            table.add_column(column, justify="left" if column == "state" else "right")
+        for row in rows:
+            table.add_row(str(row["rank"]), str(row["trial"]), row["state"],
+                          *(_fmt(row[o]) for o in objectives), _fmt(row["last_reported"]),
+                          *(_fmt(row[p]) for p in params), _fmt(row["seconds"]))
+        console.print(table)
+        if best:
+            console.print(f"best trial {best[0].number}: "
+                          + " ".join(f"{k}={_fmt(v)}" for k, v in best[0].params.items())
+                          + f"  ->  {', '.join(f'{v:.4f}' for v in best[0].values)}")
+            console.print(f"best config: {self.folder / 'best_config.yaml'}")
+            if (self.folder / "best_adapter").is_dir():
+                console.print(f"best adapter: {self.folder / 'best_adapter'}")

@@ -1,0 +1,58 @@
+"""The sweeper's config, stored in Hydra's ConfigStore as ``hydra/sweeper=sweep_optuna``.
+
+Kept free of heavy imports: Hydra imports this module when it scans for plugins.
+"""
+
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+class Sampler(Enum):
+    tpe = "tpe"
+    random = "random"
+    grid = "grid"
+    cmaes = "cmaes"
+    gp = "gp"
+    qmc = "qmc"
+    nsga2 = "nsga2"
+
+
+class Pruner(Enum):
+    median = "median"
+    successive_halving = "successive_halving"
+    hyperband = "hyperband"
+    none = "none"
+
+
+class Objective(Enum):
+    val_loss = "val_loss"  # the best validation loss of the trial
+    trainable_parameters = "trainable_parameters"  # adapter size
+    train_seconds = "train_seconds"
+
+
+@dataclass
+class SweepOptunaConf:
+    _target_: str = "hydra_plugins.sweep_optuna.optuna_sweeper.SweepOptunaSweeper"
+    n_trials: int = 8  # finished (complete or pruned) trials in the whole study
+    storage: str = "sqlite:///mlruns/optuna.db"  # shared by every worker; PostgreSQL across machines
+    study_name: str = "sweep"
+    sampler: Sampler = Sampler.tpe
+    sampler_kwargs: Dict[str, Any] = field(default_factory=dict)
+    seed: Optional[int] = None  # sampler seed; null = the task's `seed`
+    pruner: Pruner = Pruner.median
+    pruner_kwargs: Dict[str, Any] = field(default_factory=dict)
+    objectives: List[Objective] = field(default_factory=lambda: [Objective.val_loss])
+    params: Dict[str, str] = field(default_factory=dict)  # the search space
+    max_failure_rate: float = 0.5  # stop when more than this share of finished trials FAIL
+    min_trials_for_failure_rate: int = 4
+    n_workers: int = 1  # processes on this machine sharing the study
+    heartbeat_interval: int = 30  # seconds; a RUNNING trial silent for grace_period is FAIL
+    grace_period: int = 120
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="sweep_optuna", node=SweepOptunaConf,
+                             provider="sweep")

@@ -1,0 +1,114 @@
+"""The job's side of a sweep: it is an Optuna trial in a shared storage.
+
+The sweeper passes ``trial.storage``, ``trial.study_name`` and ``trial.number`` to each
+job. The job reports every validation loss to its trial and stops when the pruner says
+so, keeps the trial's heartbeat, and tells Optuna how it ended (COMPLETE, PRUNED or
+FAIL) itself, so any Hydra launcher works, in this process or another.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from typing import Any, List, Optional, Sequence
+
+from sweep.config.schema import TrialLink
+from sweep.training.events import EvalReport, Listener, TrialStopped
+
+__all__ = ["TrialPruned", "OptunaTrialLink", "open_link", "objective_values"]
+
+
+class TrialPruned(TrialStopped):
+    """Raised by the pruning listener; the trial ends PRUNED (not FAIL)."""
+
+    state = "PRUNED"
+
+
+def objective_values(names: Sequence[str], result: Any) -> List[float]:
+    """The objective values of a finished trial, in the order of ``names``."""
+    table = {
+        "val_loss": result.best_val_loss,
+        "trainable_parameters": float(result.trainable_parameters),
+        "train_seconds": result.train.train_seconds,
+    }
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise ValueError(f"hydra.sweeper.objectives: unknown {unknown}; choose from {list(table)}")
+    return [table[n] for n in names]
+
+
+class _Pruning(Listener):
+    def __init__(self, link: "OptunaTrialLink"):
+        self.link = link
+
+    def on_eval_report(self, report: EvalReport) -> None:
+        self.link.report(report)
+
+
+class OptunaTrialLink:
+    def __init__(self, link: TrialLink):
+        import optuna
+
+        self.storage = optuna.storages.RDBStorage(link.storage, heartbeat_interval=30,
+                                                  grace_period=120)
+        self.study = optuna.load_study(study_name=link.study_name, storage=self.storage)
+        self.number = int(link.number)
+        self.trial_id = self.storage.get_trial_id_from_study_id_trial_number(
+            self.study._study_id, self.number)
+        self.trial = optuna.trial.Trial(self.study, self.trial_id)
+        self.multi_objective = len(self.study.directions) > 1
+        self.trial.set_user_attr("host", socket.gethostname())
+        self.trial.set_user_attr("pid", os.getpid())
+        self._stop = threading.Event()
+        self._beat = threading.Thread(target=self._heartbeat, daemon=True)
+        self._beat.start()
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.storage.get_heartbeat_interval() or 30):
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception:  # a missed beat is not worth killing the trial
+                pass
+
+    @property
+    def listener(self) -> Listener:
+        return _Pruning(self)
+
+    def report(self, report: EvalReport) -> None:
+        # Step = micro-batches seen, so trials with different accumulation line up.
+        if self.multi_objective or report.step == 0:
+            return
+        self.trial.report(report.val_loss, report.iteration)
+        if self.trial.should_prune():
+            raise TrialPruned(f"pruned at step {report.step} (val_loss {report.val_loss:.4f})")
+
+    def started(self, run_id: Optional[str], output_dir: str) -> None:
+        if run_id:
+            self.trial.set_user_attr("mlflow_run_id", run_id)
+        self.trial.set_user_attr("output_dir", output_dir)
+
+    def _tell(self, **kwargs: Any) -> None:
+        self._stop.set()
+        self.study.tell(self.number, skip_if_finished=True, **kwargs)
+
+    def complete(self, values: List[float]) -> None:
+        self._tell(values=values if self.multi_objective else values[0])
+
+    def prune(self) -> None:
+        import optuna
+
+        self._tell(state=optuna.trial.TrialState.PRUNED)
+
+    def fail(self, reason: str) -> None:
+        import optuna
+
+        self.trial.set_user_attr("fail_reason", reason[:1000])
+        self._tell(state=optuna.trial.TrialState.FAIL)
+
+
+def open_link(link: TrialLink) -> Optional[OptunaTrialLink]:
+    """The job's Optuna trial, or None outside a sweep."""
+    if link.number is None or not link.storage or not link.study_name:
+        return None
+    return OptunaTrialLink(link)
