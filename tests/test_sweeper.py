@@ -1,0 +1,173 @@
+"""The Optuna sweeper end to end on the tiny model: discovery, a small sweep, resume,
+pruning, failures, the failure-rate stop, and a kill -9 in the middle of a sweep."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+SEARCHED = {"lora.rank", "lora.alpha", "optimizer.lr", "train.grad_accumulation"}
+
+
+def test_discovery() -> None:
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.sweeper import Sweeper
+
+    names = [p.__name__ for p in Plugins.instance().discover(Sweeper)]
+    assert "SweepOptunaSweeper" in names
+
+
+def command(tmp: Path, *extra: str, n: int = 4, study: str = "s") -> List[str]:
+    return [sys.executable, "-m", "sweep", "-m", "model=tiny", "train.iters=8",
+            "train.val_batches=2", "train.eval_every_iters=4", f"hydra.sweeper.n_trials={n}",
+            f"hydra.sweeper.storage=sqlite:///{tmp}/o.db", f"hydra.sweeper.study_name={study}",
+            f"mlflow.tracking_uri=sqlite:///{tmp}/m.db", f"hydra.sweep.dir={tmp}/sweep", *extra]
+
+
+def run(cmd: List[str]) -> subprocess.CompletedProcess:
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    return out
+
+
+def study(tmp: Path, name: str = "s") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp}/o.db")
+
+
+def mlflow_runs(tmp: Path):
+    client = MlflowClient(f"sqlite:///{tmp}/m.db")
+    experiment = client.get_experiment_by_name("sweep")
+    return client, client.search_runs([experiment.experiment_id], max_results=1000)
+
+
+def finished(s: optuna.Study) -> List[optuna.trial.FrozenTrial]:
+    return s.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+
+
+def test_sweep_resume_and_extend(tmp_path: Path) -> None:
+    out = run(command(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    s = study(tmp_path)
+    assert len(finished(s)) == len(s.trials) == 4
+    assert all(set(t.params) == SEARCHED for t in s.trials)
+    client, runs = mlflow_runs(tmp_path)
+    parents = [r for r in runs if r.data.tags.get("sweep.kind") == "study"]
+    assert len(parents) == 1
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 4
+    assert parent.data.params["sampler"] == "tpe" and parent.data.params["pruner"] == "median"
+    assert "search.optimizer.lr" in parent.data.params
+    report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/leaderboard.csv", "report/leaderboard.md", "report/best_config.yaml",
+            "report/plots", "report/best_adapter"} <= report
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "report/plots")}
+    assert {"report/plots/optimization_history.png", "report/plots/parallel_coordinate.png",
+            "report/plots/intermediate_values.png"} <= plots
+    assert "best trial" in out.stdout and "rank" in out.stdout
+
+    again = run(command(tmp_path))  # the same command: nothing left to do
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(study(tmp_path).trials) == 4
+
+    more = run(command(tmp_path, n=6))  # a larger budget: exactly two more
+    assert more.returncode == 0, more.stderr[-3000:]
+    s = study(tmp_path)
+    assert len(s.trials) == len(finished(s)) == 6
+    _, runs = mlflow_runs(tmp_path)
+    assert len([r for r in runs if r.data.tags.get("sweep.kind") == "study"]) == 1
+    assert len(runs) == 7 and {r.info.status for r in runs} <= {"FINISHED", "KILLED"}
+
+
+def test_pruning_stops_bad_learning_rates_early(tmp_path: Path) -> None:
+    out = run(command(tmp_path, "train.iters=16", "hydra.sweeper.sampler=random",
+                      "hydra.sweeper.seed=3", "hydra.sweeper.params={optimizer.lr: 'choice(3e-2, 1e-7)'}",
+                      n=8))
+    assert out.returncode == 0, out.stderr[-3000:]
+    s = study(tmp_path)
+    pruned = s.get_trials(states=(TrialState.PRUNED,))
+    assert pruned, [(t.number, t.state, t.params) for t in s.trials]
+    assert all(t.params["optimizer.lr"] == 1e-7 for t in pruned)
+    trained = sum(max(t.intermediate_values) for t in finished(s))
+    assert trained < 8 * 16
+    client, runs = mlflow_runs(tmp_path)
+    by_trial = {r.data.tags.get("sweep.trial"): r for r in runs}
+    for t in pruned:
+        run_ = by_trial[str(t.number)]
+        assert run_.info.status == "KILLED" and run_.data.tags["sweep.state"] == "PRUNED"
+
+
+def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    out = run(command(tmp_path, "optimizer=sgd", "train.max_grad_norm=null",
+                      "hydra.sweeper.params={optimizer.lr: 'choice(1e30, 1e-3)', "
+                      "lora.rank: 'choice(-4, 8)'}", "hydra.sweeper.sampler=grid",
+                      "hydra.sweeper.max_failure_rate=1.0", n=1))
+    assert out.returncode == 0, out.stderr[-3000:]
+    s = study(tmp_path)
+    failed = s.get_trials(states=(TrialState.FAIL,))
+    assert len(finished(s)) == 1 and len(failed) >= 1
+    reasons = " ".join(t.user_attrs["fail_reason"] for t in failed)
+    assert "NonFiniteLossError" in reasons or "lora.rank=-4" in reasons
+    _, runs = mlflow_runs(tmp_path)
+    ids = {t.user_attrs.get("mlflow_run_id") for t in failed} - {None}
+    assert all(r.info.status == "FAILED" for r in runs if r.info.run_id in ids)
+
+
+def test_a_sweep_that_keeps_failing_stops(tmp_path: Path) -> None:
+    out = run(command(tmp_path, "hydra.sweeper.params={lora.rank: 'choice(-4, -8)'}",
+                      "hydra.sweeper.min_trials_for_failure_rate=2", n=10))
+    assert out.returncode != 0
+    assert "max_failure_rate" in out.stderr + out.stdout
+    assert len(study(tmp_path).get_trials(states=(TrialState.FAIL,))) == 2
+
+
+def test_bad_search_space_stops_before_any_trial(tmp_path: Path) -> None:
+    out = run(command(tmp_path, "hydra.sweeper.params={lora.rank: 'range(8, 8)'}"))
+    assert out.returncode != 0
+    assert "lora.rank: range(8, 8, 1) is empty" in out.stderr + out.stdout
+    assert not (tmp_path / "m.db").exists() or not mlflow_runs(tmp_path)[1]
+
+
+def test_kill_9_then_the_same_command_completes(tmp_path: Path) -> None:
+    cmd = command(tmp_path, "train.iters=24", n=3)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:  # wait until the second trial is training
+            time.sleep(1)
+            if not (tmp_path / "o.db").exists():
+                continue
+            try:
+                trials = study(tmp_path).trials
+            except Exception:
+                continue
+            running = [t for t in trials if t.state == TrialState.RUNNING and t.number >= 1]
+            if running and running[0].user_attrs.get("mlflow_run_id"):
+                break
+        else:
+            pytest.fail("the sweep never reached its second trial")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert study(tmp_path).get_trials(states=(TrialState.RUNNING,))
+    out = run(cmd)
+    assert out.returncode == 0, out.stderr[-3000:]
+    s = study(tmp_path)
+    assert len(finished(s)) == 3
+    assert not s.get_trials(states=(TrialState.RUNNING,))
+    assert len(s.get_trials(states=(TrialState.FAIL,))) == 1
+    _, runs = mlflow_runs(tmp_path)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
