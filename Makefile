@@ -1,4 +1,4 @@
-# sweep: `make run` sets up .venv and runs the default job; `make test` runs every test.
+# sweep: `make run` sets up .venv and runs the default sweep; `make test` runs every test.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: setup
-	$(BIN)/sweep $(ARGS)
+	$(BIN)/sweep -m $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest

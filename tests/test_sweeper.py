@@ -99,7 +99,8 @@ def test_pruning_stops_bad_learning_rates_early(tmp_path: Path) -> None:
     s = study(tmp_path)
     pruned = s.get_trials(states=(TrialState.PRUNED,))
     assert pruned, [(t.number, t.state, t.params) for t in s.trials]
-    assert all(t.params["optimizer.lr"] == 1e-7 for t in pruned)
+    assert any(t.params["optimizer.lr"] == 1e-7 for t in pruned)
+    assert all(max(t.intermediate_values) < 16 for t in pruned)  # never at the last evaluation
     trained = sum(max(t.intermediate_values) for t in finished(s))
     assert trained < 8 * 16
     client, runs = mlflow_runs(tmp_path)
@@ -107,6 +108,15 @@ def test_pruning_stops_bad_learning_rates_early(tmp_path: Path) -> None:
     for t in pruned:
         run_ = by_trial[str(t.number)]
         assert run_.info.status == "KILLED" and run_.data.tags["sweep.state"] == "PRUNED"
+        assert t.number >= 2  # the median pruner's default here: 2 startup trials
+
+
+def test_the_jobs_prune_with_the_configured_pruner(tmp_path: Path) -> None:
+    out = run(command(tmp_path, "train.iters=16", "hydra.sweeper.sampler=random",
+                      "hydra.sweeper.seed=3", "hydra.sweeper.params={optimizer.lr: 'choice(3e-2, 1e-7)'}",
+                      "+hydra.sweeper.pruner_kwargs.n_startup_trials=100", n=5))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert not study(tmp_path).get_trials(states=(TrialState.PRUNED,))
 
 
 def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
@@ -171,3 +181,23 @@ def test_kill_9_then_the_same_command_completes(tmp_path: Path) -> None:
     assert len(s.get_trials(states=(TrialState.FAIL,))) == 1
     _, runs = mlflow_runs(tmp_path)
     assert not [r for r in runs if r.info.status == "RUNNING"]
+
+
+def test_parallel_workers_share_one_study(tmp_path: Path) -> None:
+    out = run(command(tmp_path, "hydra.sweeper.n_workers=2", "train.iters=4", n=4))
+    assert out.returncode == 0, out.stderr[-3000:]
+    s = study(tmp_path)
+    assert len(finished(s)) >= 4 and not s.get_trials(states=(TrialState.RUNNING,))
+    assert len({t.user_attrs["sweeper_pid"] for t in s.trials}) == 2
+
+
+def test_multi_objective_reports_a_pareto_front(tmp_path: Path) -> None:
+    out = run(command(tmp_path, "hydra.sweeper.objectives=[val_loss,trainable_parameters]",
+                      "hydra.sweeper.sampler=nsga2", "hydra.sweeper.pruner=none",
+                      "train.iters=4", n=3, study="pareto"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    s = study(tmp_path, "pareto")
+    assert len(s.directions) == 2 and len(finished(s)) == 3
+    assert all(len(t.values) == 2 and t.values[1] > 0 for t in finished(s))
+    report = tmp_path / "sweep" / "report"
+    assert (report / "pareto_front.csv").is_file() and (report / "plots" / "pareto_front.png").is_file()

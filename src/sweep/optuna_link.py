@@ -11,12 +11,33 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from sweep.config.schema import TrialLink
 from sweep.training.events import EvalReport, Listener, TrialStopped
 
-__all__ = ["TrialPruned", "OptunaTrialLink", "open_link", "objective_values"]
+__all__ = ["TrialPruned", "OptunaTrialLink", "open_link", "objective_values", "build_pruner",
+           "PRUNER_ATTR"]
+
+PRUNER_ATTR = "pruner"  # study user attr: {"name": ..., "kwargs": {...}}
+
+
+def build_pruner(name: str, kwargs: Dict[str, Any]):
+    """The pruner named in ``hydra.sweeper.pruner``. The sweeper stores its name and
+    kwargs in the study, and every job builds the same one: Optuna keeps the pruner in
+    the ``Study`` object, not in the storage."""
+    import optuna
+
+    pruners = {
+        "median": lambda: optuna.pruners.MedianPruner(
+            **{"n_startup_trials": 2, "n_warmup_steps": 0, **kwargs}),
+        "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(**kwargs),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(**kwargs),
+        "none": lambda: optuna.pruners.NopPruner(),
+    }
+    if name not in pruners:
+        raise ValueError(f"hydra.sweeper.pruner={name}: choose from {sorted(pruners)}")
+    return pruners[name]()
 
 
 class TrialPruned(TrialStopped):
@@ -52,7 +73,10 @@ class OptunaTrialLink:
 
         self.storage = optuna.storages.RDBStorage(link.storage, heartbeat_interval=30,
                                                   grace_period=120)
-        self.study = optuna.load_study(study_name=link.study_name, storage=self.storage)
+        study = optuna.load_study(study_name=link.study_name, storage=self.storage)
+        pruner = study.user_attrs.get(PRUNER_ATTR, {"name": "median", "kwargs": {}})
+        self.study = optuna.load_study(study_name=link.study_name, storage=self.storage,
+                                       pruner=build_pruner(pruner["name"], pruner["kwargs"]))
         self.number = int(link.number)
         self.trial_id = self.storage.get_trial_id_from_study_id_trial_number(
             self.study._study_id, self.number)
@@ -80,7 +104,7 @@ class OptunaTrialLink:
         if self.multi_objective or report.step == 0:
             return
         self.trial.report(report.val_loss, report.iteration)
-        if self.trial.should_prune():
+        if not report.final and self.trial.should_prune():
             raise TrialPruned(f"pruned at step {report.step} (val_loss {report.val_loss:.4f})")
 
     def started(self, run_id: Optional[str], output_dir: str) -> None:

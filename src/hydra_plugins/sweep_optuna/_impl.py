@@ -26,6 +26,8 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
+from sweep.optuna_link import PRUNER_ATTR, build_pruner
+
 from hydra_plugins.sweep_optuna._search_space import (SearchSpace, SearchSpaceError, grid_values,
                                                       parse_search_space)
 
@@ -66,19 +68,6 @@ def build_sampler(name: str, kwargs: Dict[str, Any], seed: int, space: SearchSpa
     if name == "cmaes" and multi_objective:
         raise SweepAborted("hydra.sweeper.sampler=cmaes is single-objective; use nsga2 or tpe")
     return samplers[name]()
-
-
-def build_pruner(name: str, kwargs: Dict[str, Any]) -> optuna.pruners.BasePruner:
-    pruners = {
-        "median": lambda: optuna.pruners.MedianPruner(
-            **{"n_startup_trials": 2, "n_warmup_steps": 0, **kwargs}),
-        "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(**kwargs),
-        "hyperband": lambda: optuna.pruners.HyperbandPruner(**kwargs),
-        "none": lambda: optuna.pruners.NopPruner(),
-    }
-    if name not in pruners:
-        raise SweepAborted(f"hydra.sweeper.pruner={name}: choose from {sorted(pruners)}")
-    return pruners[name]()
 
 
 def hydra_value(value: Any) -> str:
@@ -139,7 +128,11 @@ class SweeperImpl:
         objectives = self._objectives()
         sampler = build_sampler(_get(s, "sampler"), dict(s["sampler_kwargs"] or {}), seed, space,
                                 len(objectives) > 1)
-        pruner = build_pruner(_get(s, "pruner"), dict(s["pruner_kwargs"] or {}))
+        pruner_spec = {"name": _get(s, "pruner"), "kwargs": dict(s["pruner_kwargs"] or {})}
+        try:
+            pruner = build_pruner(pruner_spec["name"], pruner_spec["kwargs"])
+        except (ValueError, TypeError) as error:
+            raise SweepAborted(f"hydra.sweeper.pruner: {error}") from None
         study = optuna.create_study(
             storage=self._storage(), study_name=str(s["study_name"]), sampler=sampler,
             pruner=pruner, directions=["minimize"] * len(objectives), load_if_exists=True)
@@ -148,6 +141,7 @@ class SweeperImpl:
                 f"study '{study.study_name}' has {len(study.directions)} objective(s), "
                 f"hydra.sweeper.objectives has {len(objectives)}; use another study_name")
         study.set_user_attr("objectives", objectives)
+        study.set_user_attr(PRUNER_ATTR, pruner_spec)
         return study
 
     def fail_dead_trials(self, study: optuna.Study) -> List[int]:

@@ -24,7 +24,7 @@ from typing import Any, Dict, Tuple
 
 import mlx.core as mx
 
-__all__ = ["import_gguf", "build_tokenizer_files", "GGUF_GROUP_SIZE"]
+__all__ = ["import_gguf", "build_tokenizer_files", "write_model_dir", "GGUF_GROUP_SIZE"]
 
 GGUF_GROUP_SIZE = 32
 IMPORTER_VERSION = 1
@@ -205,7 +205,16 @@ def import_gguf(gguf_path: Path, out_dir: Path, *, quantized: bool) -> Path:
         config["quantization_config"] = quantization
     config["torch_dtype"] = "float32"
 
-    out_dir = Path(out_dir)
+    provenance = {"source": str(gguf_path), "source_size": gguf_path.stat().st_size,
+                  "importer_version": IMPORTER_VERSION, "quantized": quantized}
+    return write_model_dir(Path(out_dir), weights, config, meta, provenance)
+
+
+def write_model_dir(out_dir: Path, weights: Dict[str, mx.array], config: Dict[str, Any],
+                    meta: Dict[str, Any], provenance: Dict[str, Any]) -> Path:
+    """Write an mlx-lm model folder atomically: a staging folder renamed into place, so
+    a crash leaves nothing half-written and concurrent importers agree on one result.
+    ``sweep_import.json`` (the provenance) marks a complete folder."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
     staging.chmod(0o755)
@@ -213,23 +222,13 @@ def import_gguf(gguf_path: Path, out_dir: Path, *, quantized: bool) -> Path:
         mx.save_safetensors(str(staging / "model.safetensors"), weights, metadata={"format": "mlx"})
         (staging / "config.json").write_text(json.dumps(config, indent=2))
         build_tokenizer_files(meta, staging)
-        (staging / "sweep_import.json").write_text(
-            json.dumps(
-                {
-                    "source": str(gguf_path),
-                    "source_size": gguf_path.stat().st_size,
-                    "importer_version": IMPORTER_VERSION,
-                    "quantized": quantized,
-                },
-                indent=2,
-            )
-        )
+        (staging / "sweep_import.json").write_text(json.dumps(provenance, indent=2))
         try:
             os.replace(staging, out_dir)  # atomic when out_dir does not exist yet
         except OSError:
             if not (out_dir / "sweep_import.json").exists():
                 raise
-            shutil.rmtree(staging)  # another process finished the same import first
+            shutil.rmtree(staging)  # another process finished the same folder first
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

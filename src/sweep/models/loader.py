@@ -12,8 +12,6 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, Tuple
@@ -24,7 +22,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from sweep.config.schema import ModelConfig, ModelSource
 from sweep.errors import SweepError
-from sweep.models.gguf import IMPORTER_VERSION, build_tokenizer_files, import_gguf
+from sweep.models.gguf import IMPORTER_VERSION, import_gguf, write_model_dir
 
 __all__ = [
     "LoadedModel",
@@ -110,22 +108,7 @@ def _build_tiny(cfg: ModelConfig, seed: int, out_dir: Path) -> None:
     model = llama.Model(llama.ModelArgs.from_dict(config))
     weights = dict(tree_flatten(model.parameters()))
     mx.eval(weights)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
-    staging.chmod(0o755)
-    try:
-        mx.save_safetensors(str(staging / "model.safetensors"), weights, metadata={"format": "mlx"})
-        (staging / "config.json").write_text(json.dumps(config, indent=2))
-        build_tokenizer_files(meta, staging)
-        (staging / "sweep_import.json").write_text(json.dumps({"tiny_seed": seed}))
-        try:
-            os.replace(staging, out_dir)
-        except OSError:
-            shutil.rmtree(staging)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
+    write_model_dir(out_dir, weights, config, meta, {"tiny_seed": seed})
 
 def prepare_model_dir(cfg: ModelConfig, cache_dir: str | None, seed: int) -> str:
     """The folder (or hub id) for ``mlx_lm.load``; imports or builds it on first use."""

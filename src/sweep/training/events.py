@@ -32,6 +32,7 @@ class EvalReport:
     is_best: bool
     trained_tokens: int
     seconds: float
+    final: bool = False  # the last evaluation of the trial
 
 
 @dataclass(frozen=True)

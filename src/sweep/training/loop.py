@@ -129,7 +129,7 @@ def train(
     step = trained = iteration = 0
     next_eval = settings.eval_every_iters
 
-    def run_eval() -> None:
+    def run_eval(final: bool = False) -> None:
         nonlocal best_loss, best_step, eval_seconds
         start = time.perf_counter()
         val_loss = evaluate(model, val_set, settings, loss)
@@ -141,7 +141,7 @@ def train(
             best_loss, best_step = val_loss, step
         listener.on_eval_report(EvalReport(step, iteration, val_loss,
                                            math.exp(min(val_loss, 700.0)), improved, trained,
-                                           time.perf_counter() - start))
+                                           time.perf_counter() - start, final))
         if improved:
             listener.on_checkpoint(CheckpointReport(step, save_adapter("best"), "best", val_loss))
 
@@ -199,7 +199,7 @@ def train(
         else:
             due = step % settings.eval_every == 0
         if due or last:
-            run_eval()
+            run_eval(final=last)
         if settings.save_every and step % settings.save_every == 0:
             path = save_adapter(f"step-{step:06d}")
             listener.on_checkpoint(CheckpointReport(step, path, "periodic"))
