@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import warnings
 from typing import Any, Dict, List, Optional, Sequence
 
 from sweep.config.schema import TrialLink
@@ -18,6 +19,10 @@ from sweep.training.events import EvalReport, Listener, TrialStopped
 
 __all__ = ["TrialPruned", "OptunaTrialLink", "open_link", "objective_values", "build_pruner",
            "PRUNER_ATTR"]
+
+# Heartbeats are used with ask/tell on purpose (the job beats from its own thread).
+warnings.filterwarnings("ignore", message=".*heartbeat_interval.*experimental")
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
 PRUNER_ATTR = "pruner"  # study user attr: {"name": ..., "kwargs": {...}}
 

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
@@ -32,6 +33,10 @@ from hydra_plugins.sweep_optuna._search_space import (SearchSpace, SearchSpaceEr
                                                       parse_search_space)
 
 log = logging.getLogger("sweep.sweeper")
+
+# Heartbeats are used with ask/tell on purpose (the job beats from its own thread).
+warnings.filterwarnings("ignore", message=".*heartbeat_interval.*experimental")
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
 WORKER_ENV = "SWEEP_OPTUNA_WORKER"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)

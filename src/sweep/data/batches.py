@@ -51,7 +51,10 @@ def iterate_batches(
             f"the {name} split has {len(dataset)} example(s), fewer than "
             f"train.batch_size={batch_size}"
         )
-    order = sorted(range(len(dataset)), key=dataset.itemlen)
+    # Sort by token count (tokenizing once; CacheDataset keeps it). mlx-lm's own
+    # ``itemlen`` measures the raw record (a dict), which does not sort anything.
+    lengths_all = [len(dataset[i][0]) for i in range(len(dataset))]
+    order = sorted(range(len(dataset)), key=lengths_all.__getitem__)
     groups = [order[i:i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
     while True:
         sequence = rng.permutation(len(groups)) if rng is not None else range(len(groups))

@@ -22,10 +22,12 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map
 
 from sweep.data.batches import iterate_batches
+from sweep.training.cpu_attention import basic_attention_on_cpu
 from sweep.training.events import (CheckpointReport, EvalReport, Listener, TrainReport,
                                    TrainResult)
 
-__all__ = ["LoopSettings", "NonFiniteLossError", "masked_cross_entropy", "evaluate", "train"]
+__all__ = ["LoopSettings", "NonFiniteLossError", "token_cross_entropy", "masked_cross_entropy",
+           "evaluate", "train"]
 
 Loss = Callable[[nn.Module, mx.array, mx.array], Tuple[mx.array, mx.array]]
 
@@ -54,29 +56,39 @@ class LoopSettings:
         return math.ceil(self.iters / self.grad_accumulation)
 
 
+def token_cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:
+    """Per-token cross-entropy from basic ops (max, exp, sum, log), so that inside a
+    compiled step its ``exp`` over the whole vocabulary lands in one fused kernel."""
+    logits = logits.astype(mx.float32)
+    peak = mx.stop_gradient(logits.max(axis=-1, keepdims=True))
+    log_norm = mx.log(mx.exp(logits - peak).sum(axis=-1)) + peak.squeeze(-1)
+    return log_norm - mx.take_along_axis(logits, targets[..., None], axis=-1).squeeze(-1)
+
+
 def masked_cross_entropy(model: nn.Module, tokens: mx.array, bounds: mx.array):
     """Mean next-token cross-entropy over positions ``offset <= p < length`` of each row
     (the answer, when the prompt is masked); returns (loss, number of target tokens)."""
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    logits = model(inputs)
     position = mx.arange(1, targets.shape[1] + 1)
     mask = (position >= bounds[:, 0:1]) & (position < bounds[:, 1:2])
-    ce = nn.losses.cross_entropy(logits, targets) * mask
+    ce = token_cross_entropy(model(inputs), targets) * mask
     count = mx.maximum(mask.sum(), 1)
-    return ce.astype(mx.float32).sum() / count, count
+    return ce.sum() / count, count
 
 
 def evaluate(model: nn.Module, dataset, settings: LoopSettings,
-             loss: Loss = masked_cross_entropy) -> float:
-    """Token-weighted mean loss over the same ``val_batches`` batches every time."""
+             loss: Loss = masked_cross_entropy, compiled: Callable | None = None) -> float:
+    """Token-weighted mean loss over the same ``val_batches`` batches every time
+    (``compiled``: the loss already bound to the model and compiled, to reuse)."""
     model.eval()
+    compiled = compiled or mx.compile(partial(loss, model), inputs=[model.state])
     total, count = mx.array(0.0), mx.array(0)
     batches = iterate_batches(dataset, settings.batch_size, settings.max_seq_length,
                               rng=np.random.default_rng(0), name="validation")
     for index, (tokens, bounds, _) in enumerate(batches):
         if settings.val_batches != -1 and index >= settings.val_batches:
             break
-        value, n = loss(model, tokens, bounds)
+        value, n = compiled(tokens, bounds)
         total, count = total + value * n, count + n
         mx.eval(total, count)
     model.train()
@@ -87,7 +99,18 @@ def _global_norm(grads) -> mx.array:
     return mx.sqrt(sum(mx.sum(g.astype(mx.float32) ** 2) for _, g in tree_flatten(grads)))
 
 
-def train(
+def train(model: nn.Module, *args, **kwargs) -> TrainResult:
+    """Train the model's trainable (LoRA) parameters; returns the best validation loss.
+
+    ``save_adapter(name)`` writes the current adapter into a folder called ``name``
+    ("best", or "step-000010" every ``save_every`` steps) and returns its path. On the
+    CPU, attention runs from basic ops meanwhile (:mod:`sweep.training.cpu_attention`).
+    """
+    with basic_attention_on_cpu(model):
+        return _train(model, *args, **kwargs)
+
+
+def _train(
     model: nn.Module,
     optimizer: optim.Optimizer,
     train_set,
@@ -98,11 +121,6 @@ def train(
     save_adapter: Callable[[str], Path] = lambda name: Path(name),
     loss: Loss = masked_cross_entropy,
 ) -> TrainResult:
-    """Train the model's trainable (LoRA) parameters; returns the best validation loss.
-
-    ``save_adapter(name)`` writes the current adapter into a folder called ``name``
-    ("best", or "step-000010" every ``save_every`` steps) and returns its path.
-    """
     loss_and_grad = nn.value_and_grad(model, loss)
 
     def micro_step(tokens, bounds, accumulated):
@@ -114,6 +132,9 @@ def train(
     if settings.compile:
         state = [model.state, mx.random.state]
         micro_step = partial(mx.compile, inputs=state, outputs=state)(micro_step)
+
+    eval_loss = mx.compile(partial(loss, model), inputs=[model.state]) if settings.compile \
+        else partial(loss, model)
 
     def apply_update(accumulated, count: int) -> float:
         grads = tree_map(lambda g: g / count, accumulated)
@@ -132,7 +153,7 @@ def train(
     def run_eval(final: bool = False) -> None:
         nonlocal best_loss, best_step, eval_seconds
         start = time.perf_counter()
-        val_loss = evaluate(model, val_set, settings, loss)
+        val_loss = evaluate(model, val_set, settings, loss, eval_loss)
         eval_seconds += time.perf_counter() - start
         if not math.isfinite(val_loss):
             raise NonFiniteLossError(f"validation loss is {val_loss} at step {step}")

@@ -1,0 +1,73 @@
+"""Build MLX's fused CPU kernels for this CPU (``-march=native``).
+
+When ``mx.compile`` fuses elementwise ops on the CPU, MLX writes C++ and builds it with
+``g++ -std=c++17 -O3 -fPIC -shared`` from PATH, with no CPU flags: ``exp`` then runs as
+scalar code (~14 ns an element here), and SiLU, softmax and cross-entropy are each a
+large share of a LoRA step. A ``g++`` wrapper that adds ``-march=native`` makes those
+kernels vectorised (measured here: SiLU x up 19.6 -> 7.1 ms, softmax 16.7 -> 3.1 ms
+for one layer's tensors).
+
+MLX caches built kernels under ``$TMPDIR/mlx/<version>/cpu`` by source alone, so the
+native ones get their own ``TMPDIR`` (one folder per CPU model): a kernel built
+without the flag is never reused, nor one built for another CPU. Python's own temp
+folder is pinned first and does not move. ``SWEEP_NATIVE_KERNELS=0`` turns this off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+__all__ = ["use_native_kernels", "native_kernels_dir"]
+
+_dir: Optional[Path] = None
+
+
+def _cpu_id() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        lines = [l for l in text.splitlines() if l.startswith(("model name", "flags"))][:2]
+    except OSError:
+        lines = []
+    return hashlib.sha1("\n".join(lines).encode()).hexdigest()[:12]
+
+
+def use_native_kernels(cache_root: Optional[Path] = None) -> Optional[Path]:
+    """Route MLX's kernel builds through ``g++ -march=native`` (Linux; once)."""
+    global _dir
+    if _dir is not None or not sys.platform.startswith("linux"):
+        return _dir
+    if os.environ.get("SWEEP_NATIVE_KERNELS", "1") == "0":
+        return None
+    compiler = shutil.which("g++")
+    if compiler is None or "sweep-native-gxx" in compiler:
+        return None
+    root = cache_root or Path(os.environ.get("SWEEP_CACHE") or Path.home() / ".cache" / "sweep")
+    base = root.expanduser() / "native-kernels" / _cpu_id()
+    wrapper_dir, kernels_tmp = base / "sweep-native-gxx", base / "tmp"
+    try:
+        wrapper_dir.mkdir(parents=True, exist_ok=True)
+        kernels_tmp.mkdir(parents=True, exist_ok=True)
+        wrapper = wrapper_dir / "g++"
+        script = f'#!/bin/sh\nexec "{compiler}" -march=native "$@"\n'
+        if not wrapper.exists() or wrapper.read_text() != script:
+            staging = wrapper_dir / f".g++.{os.getpid()}"
+            staging.write_text(script)
+            staging.chmod(0o755)
+            staging.replace(wrapper)
+    except OSError:
+        return None
+    tempfile.gettempdir()  # pin Python's temp folder before TMPDIR moves for MLX
+    os.environ["PATH"] = f"{wrapper_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+    os.environ["TMPDIR"] = str(kernels_tmp)
+    _dir = base
+    return base
+
+
+def native_kernels_dir() -> Optional[Path]:
+    return _dir
