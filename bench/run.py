@@ -94,6 +94,8 @@ def write_data(folder: Path, texts: List[str]) -> Path:
 
 def ours(model_dir_cfg, texts: List[str], args) -> Dict[str, float]:
     """Our loop on the given texts: tokens/s over the steps after the first (compile)."""
+    import mlx.core as mx
+
     from sweep.config.schema import LoraConfig, OptimizerConfig
     from sweep.data.batches import tokenize
     from sweep.models.loader import load_base
@@ -114,7 +116,8 @@ def ours(model_dir_cfg, texts: List[str], args) -> Dict[str, float]:
         def on_train_report(self, r):
             reports.append(r)
 
-    optimizer = build_optimizer(OptimizerConfig(lr=1e-5, weight_decay=0.0), lambda s: 1e-5)
+    optimizer = build_optimizer(OptimizerConfig(lr=1e-5, weight_decay=0.0),
+                                lambda s: mx.array(1e-5))
     settings = LoopSettings(iters=args.steps, batch_size=args.batch, grad_accumulation=1,
                             max_seq_length=args.length + 1, max_grad_norm=None,
                             eval_every=10 ** 6, val_batches=1, seed=0)
@@ -129,11 +132,12 @@ def ours(model_dir_cfg, texts: List[str], args) -> Dict[str, float]:
 def mlx_lm_cli(model_dir: str, data: Path, work: Path, args) -> Dict[str, float]:
     """The ``mlx_lm.lora`` CLI on the same model, texts and LoRA, with the same BLAS."""
     from sweep.blas import blas_choice
+    from sweep.native_kernels import environment_without
 
     config = work / "lora.yaml"
     config.write_text(json.dumps({
         "lora_parameters": {"rank": args.rank, "scale": 20.0, "dropout": 0.0, "keys": KEYS}}))
-    env = dict(os.environ)
+    env = environment_without()  # mlx-lm as shipped: its kernels built without -march
     if blas_choice().path:
         env["LD_PRELOAD"] = blas_choice().path
     cmd = [sys.executable, "-m", "mlx_lm", "lora", "--model", model_dir, "--train",
@@ -146,8 +150,9 @@ def mlx_lm_cli(model_dir: str, data: Path, work: Path, args) -> Dict[str, float]
     if out.returncode != 0:
         raise RuntimeError(f"mlx_lm.lora failed:\n{out.stderr[-3000:]}")
     # "  <iter>    <loss> ▼    <tok/s>    <k>k" (mlx_lm/cli_ui.py)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", out.stdout)  # rich's colours
     rates = [float(m.group(2).replace(",", "")) for m in
-             re.finditer(r"^\s+(\d+)\s+[\d.]+ \S\s+([\d,]+)\s+[\d.]+k\s*$", out.stdout, re.M)]
+             re.finditer(r"^\s+(\d+)\s+[\d.]+ \S\s+([\d,]+)\s+[\d.]+k\s*$", text, re.M)]
     if len(rates) < args.steps:
         raise RuntimeError(f"could not read mlx_lm.lora's reports:\n{out.stdout[-3000:]}")
     steady = rates[args.warmup:]
@@ -260,8 +265,9 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)
 """
 
 
-def peak_rss(args, data: Path) -> float:
+def peak_rss(args, data: Path, checkpoint: bool) -> float:
     out = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(ROOT / "bench"),
+                          f"train.grad_checkpoint={str(checkpoint).lower()}",
                           f"model={args.model}", "data=jsonl", f"data.path={data}",
                           "data.format=text", "data.mask_prompt=false", "train.batch_size=4",
                           "train.max_seq_length=513", "train.iters=4",
@@ -327,8 +333,11 @@ def main() -> None:
         rows.append(Row("trial overhead (model already loaded)", share["second"], "", "<= 3%",
                         share["second"] <= 0.03, f"first trial (loads model): {share['first']:.1%}"))
         long_texts = bench_texts(loaded.tokenizer, 16, 512)
-        rss = peak_rss(args, write_data(Path(tmp) / "long", long_texts))
-        rows.append(Row("peak RSS, batch 4 x 512 tokens", rss, "GB", "<= 3 GB", rss <= 3.0))
+        long_data = write_data(Path(tmp) / "long", long_texts)
+        rss = peak_rss(args, long_data, checkpoint=True)
+        plain = peak_rss(args, long_data, checkpoint=False)
+        rows.append(Row("peak RSS, batch 4 x 512 tokens", rss, "GB", "<= 3 GB", rss <= 3.0,
+                        f"gradient checkpointing (auto at this size); without: {plain:.2f} GB"))
     print_table(rows)
 
 

@@ -101,3 +101,36 @@ def test_sampled_values_round_trip_through_hydra(value) -> None:
     parsed = OverridesParser.create().parse_overrides([f"k={hydra_value(value)}"])[0]
     assert not parsed.is_sweep_override()
     assert parsed.value() == value
+
+
+@pytest.mark.parametrize("name", ["tpe", "random", "grid", "cmaes", "gp", "qmc", "nsga2"])
+def test_every_sampler_builds_seeded_and_samples(name) -> None:
+    import optuna
+
+    from hydra_plugins.sweep_optuna._impl import SweepAborted, build_sampler
+
+    space = parse_search_space({"lora.rank": "choice(4, 8)", "optimizer.lr":
+                                "choice(1e-4, 1e-3)" if name == "grid" else
+                                "tag(log, interval(1e-5, 1e-3))"})
+    try:
+        import torch  # noqa: F401
+        has_torch = True
+    except ImportError:
+        has_torch = False
+    if name == "gp" and not has_torch:
+        with pytest.raises(SweepAborted, match="needs PyTorch"):
+            build_sampler(name, {}, 0, space, False)
+        return
+
+    def sample(seed):
+        study = optuna.create_study(sampler=build_sampler(name, {}, seed, space, False))
+        params = []
+        for i in range(3):
+            trial = study.ask(space.distributions)
+            study.tell(trial, float(i))
+            params.append(trial.params)
+        return params
+
+    first = sample(7)
+    assert first == sample(7)
+    assert all(set(p) == {"lora.rank", "optimizer.lr"} for p in first)

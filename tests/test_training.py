@@ -130,6 +130,13 @@ def test_accumulation_matches_a_larger_batch(tiny) -> None:
     assert all(mx.allclose(b[k], start[k], atol=1e-5).item() for k in a)
 
 
+def test_gradient_checkpointing_changes_nothing_but_memory(tiny) -> None:
+    a = trained_weights(tiny, iters=2, batch_size=2, grad_accumulation=2, grad_checkpoint=True)
+    b = trained_weights(tiny, iters=2, batch_size=2, grad_accumulation=2)
+    assert all(mx.allclose(a[k], b[k], atol=1e-6).item() for k in a)
+    assert "checkpoint" not in type(tiny.model.layers[0]).__call__.__qualname__
+
+
 def test_clipping_bounds_the_update(tiny) -> None:
     load_base(TINY, seed=0)
     apply_lora(tiny.model, LoraConfig(rank=4, dropout=0.0), seed=0)

@@ -21,11 +21,12 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Optional
 
-__all__ = ["use_native_kernels", "native_kernels_dir"]
+__all__ = ["use_native_kernels", "native_kernels_dir", "environment_without"]
 
 _dir: Optional[Path] = None
+_original_env: Dict[str, Optional[str]] = {}
 
 
 def _cpu_id() -> str:
@@ -63,6 +64,7 @@ def use_native_kernels(cache_root: Optional[Path] = None) -> Optional[Path]:
     except OSError:
         return None
     tempfile.gettempdir()  # pin Python's temp folder before TMPDIR moves for MLX
+    _original_env.update({k: os.environ.get(k) for k in ("PATH", "TMPDIR")})
     os.environ["PATH"] = f"{wrapper_dir}{os.pathsep}{os.environ.get('PATH', '')}"
     os.environ["TMPDIR"] = str(kernels_tmp)
     _dir = base
@@ -71,3 +73,15 @@ def use_native_kernels(cache_root: Optional[Path] = None) -> Optional[Path]:
 
 def native_kernels_dir() -> Optional[Path]:
     return _dir
+
+
+def environment_without() -> Dict[str, str]:
+    """``os.environ`` as it was before: for a child process that should build MLX's
+    kernels the stock way (e.g. a benchmark of another tool)."""
+    env = dict(os.environ)
+    for key, value in _original_env.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env

@@ -37,10 +37,17 @@ class TrialResult:
     seconds: float
 
 
-def train_settings(cfg: SweepConfig, n_train: int):
+CHECKPOINT_FROM_TOKENS = 2048
+
+
+def train_settings(cfg: SweepConfig, n_train: int, longest: int = 0):
+    """The loop's settings; ``longest``: the longest training example, in tokens."""
     from sweep.training.loop import LoopSettings
 
     t = cfg.train
+    checkpoint = t.grad_checkpoint
+    if checkpoint is None:
+        checkpoint = t.batch_size * min(longest, t.max_seq_length) >= CHECKPOINT_FROM_TOKENS
     iters = t.iters
     if t.epochs is not None:
         iters = max(1, math.ceil(t.epochs * n_train / t.batch_size))
@@ -49,7 +56,8 @@ def train_settings(cfg: SweepConfig, n_train: int):
         max_seq_length=t.max_seq_length, max_grad_norm=t.max_grad_norm,
         eval_every=t.eval_every, eval_every_iters=t.eval_every_iters,
         val_batches=t.val_batches, save_every=t.save_every,
-        report_every=t.report_every, compile=t.compile, seed=cfg.seed,
+        report_every=t.report_every, compile=t.compile, grad_checkpoint=checkpoint,
+        seed=cfg.seed,
     )
 
 
@@ -98,14 +106,16 @@ def run_trial(
     model, tokenizer = loaded.model, loaded.tokenizer
     train_set = tokenize(splits.train, tokenizer, typed.data.mask_prompt)
     val_set = tokenize(splits.valid, tokenizer, typed.data.mask_prompt)
-    settings = train_settings(typed, len(train_set))
+    longest = max(len(train_set[i][0]) for i in range(len(train_set)))
+    settings = train_settings(typed, len(train_set), longest)
     adapter_cfg = apply_lora(model, typed.lora, typed.seed)
     n_trainable = trainable_parameters(model)
     schedule = build_schedule(typed.scheduler, typed.optimizer.lr, settings.total_steps)
     optimizer = build_optimizer(typed.optimizer, schedule)
     log.info("model %s (%s), %d trainable LoRA parameters, %d train / %d valid examples, "
-             "%d micro-batches = %d optimizer steps", typed.model.name, loaded.path,
-             n_trainable, len(train_set), len(val_set), settings.iters, settings.total_steps)
+             "%d micro-batches = %d optimizer steps%s", typed.model.name, loaded.path,
+             n_trainable, len(train_set), len(val_set), settings.iters, settings.total_steps,
+             ", gradient checkpointing" if settings.grad_checkpoint else "")
 
     tracker = MlflowTracker(typed.mlflow, run_name=run_name, parent_run_id=parent_run_id) \
         if typed.mlflow.enabled else NullTracker()
@@ -119,6 +129,7 @@ def run_trial(
         "data.valid_examples": len(val_set),
         "model.dir": loaded.path,
         "blas": blas_choice().name,
+        "train.grad_checkpoint_used": settings.grad_checkpoint,
     })
     tracker.start(params, {"sweep.output_dir": str(output_dir.resolve()), **(tags or {})})
     if on_start is not None:

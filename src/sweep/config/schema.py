@@ -242,6 +242,10 @@ class TrainConfig:
     save_every: int = 0  # optimizer steps between periodic checkpoints; 0 = off
     report_every: int = 1  # optimizer steps between train reports
     compile: bool = True  # mx.compile the step function
+    # Recompute each block in the backward pass (much less memory for long sequences).
+    # null: on when batch_size x the longest training example (capped at
+    # max_seq_length) reaches 2048 tokens.
+    grad_checkpoint: Optional[bool] = None
 
     def __post_init__(self) -> None:
         for key in ("batch_size", "grad_accumulation", "iters", "max_seq_length",

@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Callable, Tuple
+from typing import Callable, Iterator, Tuple
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -49,6 +50,7 @@ class LoopSettings:
     save_every: int = 0  # optimizer steps, 0 = off
     report_every: int = 1
     compile: bool = True
+    grad_checkpoint: bool = False  # recompute each block in the backward pass
     seed: int = 0
 
     @property
@@ -99,18 +101,7 @@ def _global_norm(grads) -> mx.array:
     return mx.sqrt(sum(mx.sum(g.astype(mx.float32) ** 2) for _, g in tree_flatten(grads)))
 
 
-def train(model: nn.Module, *args, **kwargs) -> TrainResult:
-    """Train the model's trainable (LoRA) parameters; returns the best validation loss.
-
-    ``save_adapter(name)`` writes the current adapter into a folder called ``name``
-    ("best", or "step-000010" every ``save_every`` steps) and returns its path. On the
-    CPU, attention runs from basic ops meanwhile (:mod:`sweep.training.cpu_attention`).
-    """
-    with basic_attention_on_cpu(model):
-        return _train(model, *args, **kwargs)
-
-
-def _train(
+def train(
     model: nn.Module,
     optimizer: optim.Optimizer,
     train_set,
@@ -121,6 +112,46 @@ def _train(
     save_adapter: Callable[[str], Path] = lambda name: Path(name),
     loss: Loss = masked_cross_entropy,
 ) -> TrainResult:
+    """Train the model's trainable (LoRA) parameters; returns the best validation loss.
+
+    ``save_adapter(name)`` writes the current adapter into a folder called ``name``
+    ("best", or "step-000010" every ``save_every`` steps) and returns its path. On the
+    CPU, attention runs from basic ops meanwhile (:mod:`sweep.training.cpu_attention`).
+    """
+    with basic_attention_on_cpu(model), checkpointed_blocks(model, settings.grad_checkpoint):
+        return _train(model, optimizer, train_set, val_set, settings, listener, save_adapter,
+                      loss)
+
+
+@contextmanager
+def checkpointed_blocks(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """Gradient checkpointing: keep only each block's input for the backward pass and
+    recompute the rest (4 x 512 tokens, SmolLM2: peak 7.0 -> 2.2 GB, same speed; at
+    4 x 160 it costs ~24%). Patches the block class while in the block, like mlx-lm's
+    ``grad_checkpoint``, and restores it after."""
+    if not enabled:
+        yield
+        return
+    block = type(model.layers[0])
+    original = block.__call__
+
+    def call(self, *args, **kwargs):
+        def inner(params, *args, **kwargs):
+            self.update(params)
+            return original(self, *args, **kwargs)
+
+        return mx.checkpoint(inner)(self.trainable_parameters(), *args, **kwargs)
+
+    block.__call__ = call
+    try:
+        yield
+    finally:
+        block.__call__ = original
+
+
+def _train(model: nn.Module, optimizer: optim.Optimizer, train_set, val_set,
+           settings: LoopSettings, listener: Listener, save_adapter: Callable[[str], Path],
+           loss: Loss) -> TrainResult:
     loss_and_grad = nn.value_and_grad(model, loss)
 
     def micro_step(tokens, bounds, accumulated):
