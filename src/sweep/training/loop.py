@@ -167,12 +167,20 @@ def _train(model: nn.Module, optimizer: optim.Optimizer, train_set, val_set,
     eval_loss = mx.compile(partial(loss, model), inputs=[model.state]) if settings.compile \
         else partial(loss, model)
 
-    def apply_update(accumulated, count: int) -> float:
+    def update(accumulated, count):
         grads = tree_map(lambda g: g / count, accumulated)
         norm = _global_norm(grads)
         if settings.max_grad_norm is not None:
             grads, norm = optim.clip_grad_norm(grads, settings.max_grad_norm)
         optimizer.update(model, grads)
+        return norm
+
+    if settings.compile:  # one graph instead of ~10 small ops per LoRA matrix
+        state = [model.state, optimizer.state]
+        update = partial(mx.compile, inputs=state, outputs=state)(update)
+
+    def apply_update(accumulated, count: int) -> float:
+        norm = update(accumulated, mx.array(count, dtype=mx.float32))
         mx.eval(model.trainable_parameters(), optimizer.state, norm)
         return norm.item()
 

@@ -1,0 +1,22 @@
+"""The benchmark harness runs end to end (on the tiny model) and prints every row."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def test_bench_quick_prints_every_ratio() -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--quick",
+                          "--skip-peft"], cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for row in ["matmul peak", "speed vs mlx_lm.lora", "speed vs PyTorch + PEFT",
+                "share of matmul peak", "trial overhead", "peak RSS, batch 4 x 512 tokens"]:
+        assert row in out.stdout
+    assert "machine:" in out.stdout
