@@ -45,6 +45,8 @@ def test_trial_logs_params_metrics_and_adapter(trial) -> None:
     assert run.data.metrics["best_val_loss"] == pytest.approx(result.best_val_loss)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
     assert artifacts == {"adapter/adapters.safetensors", "adapter/adapter_config.json"}
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # UI view
     configs = {a.path for a in client.list_artifacts(run.info.run_id, "config")}
     assert configs == {"config/config.yaml", "config/overrides.yaml"}
 

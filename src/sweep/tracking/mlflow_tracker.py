@@ -19,6 +19,7 @@ __all__ = ["MlflowTracker", "NullTracker", "artifact_location_for"]
 
 log = logging.getLogger(__name__)
 _MAX_PARAM = 6000  # MLflow's limit on a param value
+EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 def artifact_location_for(cfg: MlflowConfig) -> Optional[str]:
@@ -70,16 +71,19 @@ class MlflowTracker(NullTracker):
 
     def _experiment_id(self) -> str:
         experiment = self.client.get_experiment_by_name(self.cfg.experiment)
-        if experiment is not None:
-            return experiment.experiment_id
-        try:
-            return self.client.create_experiment(
-                self.cfg.experiment, artifact_location=artifact_location_for(self.cfg))
-        except Exception:  # created meanwhile by another worker
+        if experiment is None:
+            try:
+                self.client.create_experiment(
+                    self.cfg.experiment, artifact_location=artifact_location_for(self.cfg),
+                    tags={EXPERIMENT_KIND: TRAINING_KIND})
+            except Exception:  # created meanwhile by another worker
+                pass
             experiment = self.client.get_experiment_by_name(self.cfg.experiment)
-            if experiment is None:
-                raise
-            return experiment.experiment_id
+        if EXPERIMENT_KIND not in experiment.tags:
+            # MLflow 3's UI opens untagged experiments in its GenAI (traces) view
+            self.client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND,
+                                           TRAINING_KIND)
+        return experiment.experiment_id
 
     def start(self, params: Mapping[str, Any], tags: Mapping[str, str]) -> None:
         from mlflow.entities import Param
