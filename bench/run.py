@@ -1,13 +1,14 @@
 """Benchmarks, measured side by side in one run; prints ratios with their goals.
 
-    .venv/bin/python bench/run.py            # everything, SmolLM2-135M (~15 min here)
+    .venv/bin/python bench/run.py            # everything, SmolLM2-135M (~25 min here)
     .venv/bin/python bench/run.py --quick    # the tiny model, a smoke test of the harness
 
 Sections: matmul peak; trial throughput against the ``mlx_lm.lora`` CLI (same imported
 model, same texts, batch, length, LoRA keys, rank and layers, same BLAS); against
 PyTorch + PEFT on CPU (when torch and peft are installed); achieved FLOP/s of a training
 step as a share of the matmul peak; overhead of a trial outside its train and eval
-steps; peak RSS of a trial at batch 4 x 512 tokens.
+steps; peak RSS of a trial at batch 4 x 512 tokens; sweep efficiency (``sweep_efficiency.py``:
+compute for TPE + pruning, TPE and random to reach the best of an exhaustive grid).
 """
 
 from __future__ import annotations
@@ -282,6 +283,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny model, few steps")
     parser.add_argument("--skip-peft", action="store_true")
+    parser.add_argument("--skip-sweep", action="store_true", help="no sweep-efficiency grid")
     args = parser.parse_args()
     args.model = "tiny" if args.quick else "smollm2_135m"
     args.batch, args.length, args.rank, args.layers = 4, 160, 8, (2 if args.quick else 16)
@@ -338,6 +340,15 @@ def main() -> None:
         plain = peak_rss(args, long_data, checkpoint=False)
         rows.append(Row("peak RSS, batch 4 x 512 tokens", rss, "GB", "<= 3 GB", rss <= 3.0,
                         f"gradient checkpointing (auto at this size); without: {plain:.2f} GB"))
+        if not args.skip_sweep:
+            import sweep_efficiency as eff
+
+            grid = {"optimizer.lr": [1e-4, 1e-2], "lora.rank": [4, 8]} if args.quick \
+                else eff.GRID
+            iters, every = (8, 4) if args.quick else (16, 4)
+            curves = eff.record_curves(compose, args.model, iters, every, Path(tmp) / "grid",
+                                       grid)
+            rows += [Row(*r) for r in eff.summarise(curves, iters, grid=grid)]
     print_table(rows)
 
 
@@ -346,7 +357,8 @@ def print_table(rows: List[Row]) -> None:
     print(f"| {'measure':<40} | {'value':>10} | {'unit':<9} | {'goal':<9} | met | detail")
     print(f"|{'-' * 42}|{'-' * 12}|{'-' * 11}|{'-' * 11}|-----|-------")
     for r in rows:
-        value = f"{r.value:.1%}" if r.unit == "" else f"{r.value:,.2f}"
+        value = f"{r.value:.1%}" if r.unit == "" else f"{r.value:,.4g}" if r.unit == "loss" \
+            else f"{r.value:,.2f}"
         met = "" if r.passed is None else ("yes" if r.passed else "NO")
         print(f"| {r.name:<40} | {value:>10} | {r.unit:<9} | {r.goal:<9} | {met:<3} | {r.detail}")
 

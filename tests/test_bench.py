@@ -17,6 +17,7 @@ def test_bench_quick_prints_every_ratio() -> None:
                           "--skip-peft"], cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]
     for row in ["matmul peak", "speed vs mlx_lm.lora", "speed vs PyTorch + PEFT",
-                "share of matmul peak", "trial overhead", "peak RSS, batch 4 x 512 tokens"]:
+                "share of matmul peak", "trial overhead", "peak RSS, batch 4 x 512 tokens",
+                "tpe+pruning: compute to grid best +1%", "pruning saves", "grid: best val loss"]:
         assert row in out.stdout
     assert "machine:" in out.stdout
