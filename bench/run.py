@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import sweep  # noqa: F401  (fast BLAS before mlx)
+from sweep.config import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -237,8 +238,6 @@ def step_flops(config: Dict, batch: int, length: int, layers: int, rank: int) ->
 def overhead(args) -> Dict[str, float]:
     """Two trials in one process through run_trial (MLflow on): the share of wall time
     outside the train and eval steps, for the first (loads the model) and the second."""
-    from conf_compose import compose  # bench/conf_compose.py
-
     from sweep.trial import run_trial
 
     shares = []
@@ -255,19 +254,18 @@ def overhead(args) -> Dict[str, float]:
 
 RSS_SCRIPT = r"""
 import resource, sys, tempfile
-sys.path.insert(0, sys.argv[1])
 import sweep
-from conf_compose import compose
+from sweep.config import compose
 from sweep.trial import run_trial
 with tempfile.TemporaryDirectory() as tmp:
-    cfg = compose(sys.argv[2:] + [f"mlflow.tracking_uri=sqlite:///{tmp}/m.db"])
+    cfg = compose(sys.argv[1:] + [f"mlflow.tracking_uri=sqlite:///{tmp}/m.db"])
     run_trial(cfg, tmp + "/out")
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)
 """
 
 
 def peak_rss(args, data: Path, checkpoint: bool) -> float:
-    out = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(ROOT / "bench"),
+    out = subprocess.run([sys.executable, "-c", RSS_SCRIPT,
                           f"train.grad_checkpoint={str(checkpoint).lower()}",
                           f"model={args.model}", "data=jsonl", f"data.path={data}",
                           "data.format=text", "data.mask_prompt=false", "train.batch_size=4",
@@ -291,7 +289,6 @@ def main() -> None:
     args.overhead_iters = 4 if args.quick else 16
 
     sys.path.insert(0, str(ROOT / "bench"))
-    from conf_compose import compose
 
     from sweep.config import to_typed
     from sweep.models.loader import load_base

@@ -11,20 +11,16 @@ from typing import Callable, List, Sequence
 
 import sweep  # noqa: F401  (loads the fast BLAS before anything imports mlx)
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from sweep.config import register
+from sweep.config import CONFIG_DIR, compose
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
-
-register()
+CONF = CONFIG_DIR
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF), job_name="test"):
-        return compose(config_name="config", overrides=list(overrides))
+    return compose(overrides)
 
 
 @pytest.fixture

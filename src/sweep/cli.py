@@ -14,24 +14,22 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from sweep.config import register
+from sweep.config import CONFIG_DIR, register
 from sweep.errors import SweepError
 
 log = logging.getLogger("sweep")
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 register()
 
 
 def run_job(cfg: DictConfig, output_dir: Path, overrides: list) -> float:
     """One Hydra job: a plain trial, or a trial of an Optuna study (``cfg.trial``)."""
-    from sweep.config import to_typed
     from sweep.optuna_link import TrialPruned, objective_values, open_link
     from sweep.trial import run_trial
 
-    link_cfg = to_typed(cfg).trial
+    link_cfg = OmegaConf.to_object(cfg.trial)  # run_trial validates the whole config
     link = open_link(link_cfg)
     if link is None:
         return run_trial(cfg, output_dir, overrides=overrides).best_val_loss
@@ -54,7 +52,7 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: list) -> float:
     return values[0]
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def app(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     try:

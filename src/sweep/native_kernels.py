@@ -23,6 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import Dict, Optional
 
+from sweep import paths
+
 __all__ = ["use_native_kernels", "native_kernels_dir", "environment_without"]
 
 _dir: Optional[Path] = None
@@ -48,8 +50,7 @@ def use_native_kernels(cache_root: Optional[Path] = None) -> Optional[Path]:
     compiler = shutil.which("g++")
     if compiler is None or "sweep-native-gxx" in compiler:
         return None
-    root = cache_root or Path(os.environ.get("SWEEP_CACHE") or Path.home() / ".cache" / "sweep")
-    base = root.expanduser() / "native-kernels" / _cpu_id()
+    base = (cache_root or paths.cache_root()) / "native-kernels" / _cpu_id()
     wrapper_dir, kernels_tmp = base / "sweep-native-gxx", base / "tmp"
     try:
         wrapper_dir.mkdir(parents=True, exist_ok=True)

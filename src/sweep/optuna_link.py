@@ -18,13 +18,14 @@ from sweep.config.schema import TrialLink
 from sweep.training.events import EvalReport, Listener, TrialStopped
 
 __all__ = ["TrialPruned", "OptunaTrialLink", "open_link", "objective_values", "build_pruner",
-           "PRUNER_ATTR"]
+           "PRUNER_ATTR", "HEARTBEAT_ATTR"]
 
 # Heartbeats are used with ask/tell on purpose (the job beats from its own thread).
 warnings.filterwarnings("ignore", message=".*heartbeat_interval.*experimental")
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
 PRUNER_ATTR = "pruner"  # study user attr: {"name": ..., "kwargs": {...}}
+HEARTBEAT_ATTR = "heartbeat_interval"  # study user attr: seconds (hydra.sweeper.heartbeat_interval)
 
 
 def build_pruner(name: str, kwargs: Dict[str, Any]):
@@ -76,10 +77,11 @@ class OptunaTrialLink:
     def __init__(self, link: TrialLink):
         import optuna
 
-        self.storage = optuna.storages.RDBStorage(link.storage, heartbeat_interval=30,
-                                                  grace_period=120)
-        study = optuna.load_study(study_name=link.study_name, storage=self.storage)
-        pruner = study.user_attrs.get(PRUNER_ATTR, {"name": "median", "kwargs": {}})
+        probe = optuna.storages.RDBStorage(link.storage)
+        attrs = probe.get_study_user_attrs(probe.get_study_id_from_name(link.study_name))
+        self.storage = optuna.storages.RDBStorage(
+            link.storage, heartbeat_interval=int(attrs.get(HEARTBEAT_ATTR, 30)))
+        pruner = attrs.get(PRUNER_ATTR, {"name": "median", "kwargs": {}})
         self.study = optuna.load_study(study_name=link.study_name, storage=self.storage,
                                        pruner=build_pruner(pruner["name"], pruner["kwargs"]))
         self.number = int(link.number)

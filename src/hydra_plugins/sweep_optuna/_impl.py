@@ -10,13 +10,13 @@ trial ended (``sweep.optuna_link``); a trial whose job died is set to FAIL here.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
 import subprocess
 import sys
 import time
 import warnings
+from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
@@ -24,10 +24,11 @@ import optuna
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobStatus
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from optuna.trial import TrialState
 
-from sweep.optuna_link import PRUNER_ATTR, build_pruner
+from sweep.optuna_link import HEARTBEAT_ATTR, PRUNER_ATTR, build_pruner
+from sweep.paths import ensure_sqlite_folder
 
 from hydra_plugins.sweep_optuna._search_space import (SearchSpace, SearchSpaceError, grid_values,
                                                       parse_search_space)
@@ -37,6 +38,7 @@ log = logging.getLogger("sweep.sweeper")
 # Heartbeats are used with ask/tell on purpose (the job beats from its own thread).
 warnings.filterwarnings("ignore", message=".*heartbeat_interval.*experimental")
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+warnings.filterwarnings("ignore", message=".*fail_stale_trials is experimental")
 
 WORKER_ENV = "SWEEP_OPTUNA_WORKER"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -46,9 +48,17 @@ class SweepAborted(RuntimeError):
     """The sweep stopped on purpose (too many failures, a bad search space)."""
 
 
-def _get(settings: Mapping[str, Any], key: str) -> Any:
-    value = settings[key]
-    return value.value if hasattr(value, "value") and not isinstance(value, (int, float)) else value
+def plain(value: Any) -> Any:
+    """Settings as Hydra passes them (DictConfig, Enum members) as plain Python values."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value, resolve=True, enum_to_str=True)
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
 
 
 def build_sampler(name: str, kwargs: Dict[str, Any], seed: int, space: SearchSpace,
@@ -102,7 +112,7 @@ def _pid_alive(pid: Any) -> bool:
 
 class SweeperImpl:
     def __init__(self, settings: Mapping[str, Any]):
-        self.settings = settings
+        self.settings: Dict[str, Any] = plain(dict(settings))
         self.config: Optional[DictConfig] = None
         self.launcher = None
         self.hydra_context: Optional[HydraContext] = None
@@ -117,23 +127,21 @@ class SweeperImpl:
     # -- the study ---------------------------------------------------------------
     def _storage(self) -> optuna.storages.RDBStorage:
         url = str(self.settings["storage"])
-        if url.startswith("sqlite:///"):
-            Path(url[len("sqlite:///"):]).expanduser().resolve().parent.mkdir(
-                parents=True, exist_ok=True)
+        ensure_sqlite_folder(url)
         return optuna.storages.RDBStorage(
             url, heartbeat_interval=int(self.settings["heartbeat_interval"]),
             grace_period=int(self.settings["grace_period"]))
 
     def _objectives(self) -> List[str]:
-        return [getattr(o, "value", o) for o in self.settings["objectives"]]
+        return list(self.settings["objectives"])
 
     def open_study(self, space: SearchSpace) -> optuna.Study:
         s = self.settings
         seed = s["seed"] if s["seed"] is not None else int(self.config.get("seed", 0))
         objectives = self._objectives()
-        sampler = build_sampler(_get(s, "sampler"), dict(s["sampler_kwargs"] or {}), seed, space,
+        sampler = build_sampler(s["sampler"], dict(s["sampler_kwargs"] or {}), seed, space,
                                 len(objectives) > 1)
-        pruner_spec = {"name": _get(s, "pruner"), "kwargs": dict(s["pruner_kwargs"] or {})}
+        pruner_spec = {"name": s["pruner"], "kwargs": dict(s["pruner_kwargs"] or {})}
         try:
             pruner = build_pruner(pruner_spec["name"], pruner_spec["kwargs"])
         except (ValueError, TypeError) as error:
@@ -147,6 +155,7 @@ class SweeperImpl:
                 f"hydra.sweeper.objectives has {len(objectives)}; use another study_name")
         study.set_user_attr("objectives", objectives)
         study.set_user_attr(PRUNER_ATTR, pruner_spec)
+        study.set_user_attr(HEARTBEAT_ATTR, int(s["heartbeat_interval"]))
         return study
 
     def fail_dead_trials(self, study: optuna.Study) -> List[int]:
@@ -260,7 +269,9 @@ class SweeperImpl:
                 self.check_failure_rate(study)
                 results.append(self.run_one(study, space, parent))
             for worker in workers:
-                worker.wait()
+                if worker.wait() != 0:
+                    log.warning("worker process %d exited with status %d", worker.pid,
+                                worker.returncode)
             while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) and \
                     not os.environ.get(WORKER_ENV):
                 self.fail_dead_trials(study)  # other machines' trials: wait for them
@@ -275,6 +286,3 @@ class SweeperImpl:
             report.finish()
         return results
 
-
-def best_value_text(values: Optional[List[float]]) -> str:
-    return "-" if not values else ", ".join(f"{v:.4f}" for v in values if not math.isnan(v))

@@ -109,7 +109,9 @@ class StudyReport:
             try:
                 self.client.update_run(run_id, status="RUNNING")
                 self.run_id = run_id
-            except Exception:
+            except Exception as error:
+                log.warning("parent run %s of study %s is gone (%s); starting a new one",
+                            run_id, self.study.study_name, error)
                 run_id = None
         if not run_id:
             tracker.run_name = f"study {self.study.study_name}"
@@ -125,11 +127,11 @@ class StudyReport:
         s = self.settings
         params: Dict[str, Any] = {
             "study_name": self.study.study_name,
-            "sampler": getattr(s["sampler"], "value", s["sampler"]),
+            "sampler": s["sampler"],
             "sampler_kwargs": dict(s["sampler_kwargs"] or {}),
-            "pruner": getattr(s["pruner"], "value", s["pruner"]),
+            "pruner": s["pruner"],
             "pruner_kwargs": dict(s["pruner_kwargs"] or {}),
-            "objectives": [getattr(o, "value", o) for o in s["objectives"]],
+            "objectives": list(s["objectives"]),
             "storage": str(s["storage"]).split("@")[-1],  # no password in MLflow
         }
         params.update({f"search.{k}": repr(v) for k, v in self.space.distributions.items()})

@@ -8,7 +8,8 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any, Dict
+from pathlib import Path
+from typing import Any, Dict, Sequence
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -16,6 +17,7 @@ from sweep.config.schema import *  # noqa: F401,F403
 from sweep.config.schema import ConfigError, SweepConfig
 
 SCHEMA_NAME = "sweep_schema"
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "conf"  # the project's conf/ (editable install)
 
 
 def register() -> None:
@@ -23,6 +25,17 @@ def register() -> None:
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name=SCHEMA_NAME, node=SweepConfig)
+
+
+def compose(overrides: Sequence[str] = ()) -> DictConfig:
+    """The project's config composed as ``sweep`` would, without running anything
+    (for tests and benchmarks)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR), job_name="sweep"):
+        return hydra_compose(config_name="config", overrides=list(overrides))
 
 
 def to_typed(cfg: DictConfig) -> SweepConfig:

@@ -11,7 +11,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, Tuple
@@ -23,6 +22,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 from sweep.config.schema import ModelConfig, ModelSource
 from sweep.errors import SweepError
 from sweep.models.gguf import IMPORTER_VERSION, import_gguf, write_model_dir
+from sweep.paths import cache_root
 
 __all__ = [
     "LoadedModel",
@@ -49,11 +49,6 @@ class LoadedModel:
 
 
 _LOADED: Dict[str, LoadedModel] = {}
-
-
-def cache_root(cache_dir: str | None = None) -> Path:
-    root = cache_dir or os.environ.get("SWEEP_CACHE") or Path.home() / ".cache" / "sweep"
-    return Path(root).expanduser()
 
 
 def resolve_file(spec: str) -> Path:

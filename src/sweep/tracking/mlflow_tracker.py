@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from sweep.config.schema import MlflowConfig
+from sweep.paths import ensure_sqlite_folder, sqlite_file
 from sweep.training.events import EvalReport, Listener, TrainReport
 
 __all__ = ["MlflowTracker", "NullTracker", "artifact_location_for"]
@@ -26,16 +27,8 @@ def artifact_location_for(cfg: MlflowConfig) -> Optional[str]:
     """An explicit artifact location, else ``<db folder>/artifacts`` for SQLite."""
     if cfg.artifact_location:
         return cfg.artifact_location
-    if cfg.tracking_uri.startswith("sqlite:///"):
-        db = Path(cfg.tracking_uri[len("sqlite:///"):])
-        return (db.expanduser().resolve().parent / "artifacts").as_uri()
-    return None
-
-
-def _prepare_sqlite(uri: str) -> None:
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).expanduser().resolve().parent.mkdir(parents=True,
-                                                                            exist_ok=True)
+    db = sqlite_file(cfg.tracking_uri)
+    return (db.parent / "artifacts").as_uri() if db is not None else None
 
 
 class NullTracker(Listener):
@@ -61,7 +54,7 @@ class MlflowTracker(NullTracker):
                  parent_run_id: Optional[str] = None):
         from mlflow.tracking import MlflowClient
 
-        _prepare_sqlite(cfg.tracking_uri)
+        ensure_sqlite_folder(cfg.tracking_uri)
         self.cfg = cfg
         self.client = MlflowClient(tracking_uri=cfg.tracking_uri)
         self.run_name = run_name or cfg.run_name

@@ -1,0 +1,30 @@
+"""Where sweep keeps things on disk: its cache folder, and the file behind a SQLite URL.
+Light on purpose (no mlx): ``sweep/__init__.py`` and the sweeper plugin import it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+__all__ = ["cache_root", "sqlite_file", "ensure_sqlite_folder"]
+
+
+def cache_root(cache_dir: Optional[str] = None) -> Path:
+    """``cache_dir``, else ``$SWEEP_CACHE``, else ``~/.cache/sweep``."""
+    root = cache_dir or os.environ.get("SWEEP_CACHE") or Path.home() / ".cache" / "sweep"
+    return Path(root).expanduser()
+
+
+def sqlite_file(url: str) -> Optional[Path]:
+    """The database file of a ``sqlite:///...`` URL (relative or absolute), else None."""
+    if not url.startswith("sqlite:///"):
+        return None
+    return Path(url[len("sqlite:///"):]).expanduser().resolve()
+
+
+def ensure_sqlite_folder(url: str) -> None:
+    """SQLite creates the database file but not its folder."""
+    path = sqlite_file(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
