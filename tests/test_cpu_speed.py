@@ -1,9 +1,11 @@
-"""The CPU fast paths compute what the stock ops compute: attention and cross-entropy
-from basic ops, fused kernels built with -march=native, and length-sorted batches."""
+"""The CPU fast paths compute what the stock ops compute and do what they are there for:
+attention, SwiGLU and cross-entropy in fusable form, fused kernels built for this CPU
+(vectorised ``exp``), a heap that keeps freed buffers, and length-sorted batches."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -11,7 +13,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import pytest
 
-from sweep.training.cpu_attention import attention_from_basic_ops
+from sweep.training.cpu_ops import (attention_from_basic_ops, fusable_ops_on_cpu,
+                                    swiglu_recomputed)
 from sweep.training.loop import token_cross_entropy
 
 
@@ -31,6 +34,63 @@ def test_attention_from_basic_ops_matches_mlx(heads, kv_heads, mask_kind) -> Non
     expected = mx.fast.scaled_dot_product_attention(q, k, v, scale=dim ** -0.5, mask=mask)
     got = attention_from_basic_ops(q, k, v, dim ** -0.5, mask)
     assert mx.allclose(got, expected, atol=1e-5).item()
+
+
+def test_swiglu_recomputed_matches_mlx_lm_values_and_gradients() -> None:
+    from mlx_lm.models.activations import swiglu
+
+    mx.random.seed(1)
+    gate = mx.concatenate([mx.random.normal((64, 33)) * 4, mx.array([[-100.0, -30, 0, 30, 100]
+                                                                      * 6 + [1, 2, 3]])])
+    x = mx.random.normal(gate.shape)
+    weights = mx.random.normal(gate.shape)
+
+    def loss(fn):
+        return lambda g, v: (fn(g, v) * weights).sum()
+
+    assert mx.allclose(swiglu_recomputed(gate, x), swiglu(gate, x), atol=1e-5).item()
+    expected = mx.grad(loss(swiglu), argnums=(0, 1))(gate, x)
+    for compiled in (False, True):
+        grad = mx.grad(loss(swiglu_recomputed), argnums=(0, 1))
+        got = (mx.compile(grad) if compiled else grad)(gate, x)
+        for a, b in zip(got, expected):
+            assert mx.allclose(a, b, atol=1e-4, rtol=1e-4).item()
+
+
+def _primitives(*outputs: mx.array, path) -> list:
+    mx.export_to_dot(str(path), *outputs)
+    return re.findall(r'label ="([A-Za-z]+)"', path.read_text())
+
+
+def test_swiglu_recomputed_leaves_no_sigmoid_outside_fused_kernels(tmp_path) -> None:
+    """mlx-lm's swiglu leaves a lone Sigmoid (its output is read by the backward pass,
+    so compile cannot fuse it); the recomputing one must not."""
+    from mlx_lm.models.activations import swiglu
+
+    w1, w2 = mx.random.normal((48, 16)), mx.random.normal((48, 16))
+    w3, h = mx.random.normal((16, 48)), mx.random.normal((10, 16))
+
+    def step(fn):
+        f = lambda h: (fn(h @ w1.T, h @ w2.T) @ w3.T).square().sum()  # noqa: E731
+        return mx.compile(mx.value_and_grad(f))(h)
+
+    assert "Sigmoid" in _primitives(*step(swiglu), path=tmp_path / "stock.dot")
+    assert "Sigmoid" not in _primitives(*step(swiglu_recomputed), path=tmp_path / "ours.dot")
+
+
+def test_fusable_ops_are_swapped_in_the_model_module_and_restored() -> None:
+    from mlx_lm.models import llama
+
+    model = llama.Model(llama.ModelArgs(model_type="llama", hidden_size=16, num_hidden_layers=1,
+                                        intermediate_size=32, num_attention_heads=2,
+                                        rms_norm_eps=1e-5, vocab_size=50,
+                                        num_key_value_heads=2))
+    stock = (llama.swiglu, llama.scaled_dot_product_attention)
+    with fusable_ops_on_cpu(model) as swapped:
+        assert swapped == ["scaled_dot_product_attention", "swiglu"]
+        assert llama.swiglu is swiglu_recomputed
+        assert llama.scaled_dot_product_attention is not stock[1]
+    assert (llama.swiglu, llama.scaled_dot_product_attention) == stock
 
 
 def test_token_cross_entropy_matches_mlx() -> None:
@@ -55,8 +115,33 @@ def test_fused_kernels_are_built_for_this_cpu() -> None:
     assert out.returncode == 0, out.stderr
     tmp = out.stdout.strip()
     assert tmp.startswith(str(base))
-    built = [f for root, _, files in os.walk(tmp) for f in files if f.endswith(".so")]
-    assert any("Exp" in f for f in built)
+    built = [os.path.join(root, f) for root, _, files in os.walk(tmp) for f in files
+             if f.endswith(".so") and "Exp" in f]
+    assert built
+    # MLX's exp polynomial inlined into the loop (so GCC can vectorise it), not called
+    # once per element as an out-of-line simd::exp<float, 1>.
+    symbols = subprocess.run(["nm", "-C", built[0]], capture_output=True, text=True).stdout
+    assert "simd::exp" not in symbols, symbols
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
+def test_freed_arrays_are_reused_without_page_faults() -> None:
+    """With glibc's defaults a 64 MB array is mmap'ed and every page faults again on
+    each new array (16k faults per array); sweep keeps freed blocks in the heap."""
+    code = ("import resource, sweep, mlx.core as mx\n"
+            "a = mx.ones((4000, 4000)); mx.eval(a)\n"
+            "for i in range(6):\n"
+            "    if i == 2: start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+            "    b = a * 2 + 1; mx.eval(b); del b\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)")
+    faults = {}
+    for tuning in ("1", "0"):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=300, env={**os.environ, "SWEEP_MALLOC_TUNING": tuning})
+        assert out.returncode == 0, out.stderr
+        faults[tuning] = int(out.stdout.strip().splitlines()[-1])
+    assert faults["0"] > 4 * 15000, faults  # the control: glibc's defaults do fault
+    assert faults["1"] < 2000, faults
 
 
 def test_batches_group_similar_lengths() -> None:

@@ -3,17 +3,29 @@ Light on purpose (no mlx): ``sweep/__init__.py`` and the sweeper plugin import i
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["cache_root", "sqlite_file", "ensure_sqlite_folder"]
+__all__ = ["cache_root", "cpu_id", "sqlite_file", "ensure_sqlite_folder"]
 
 
 def cache_root(cache_dir: Optional[str] = None) -> Path:
     """``cache_dir``, else ``$SWEEP_CACHE``, else ``~/.cache/sweep``."""
     root = cache_dir or os.environ.get("SWEEP_CACHE") or Path.home() / ".cache" / "sweep"
     return Path(root).expanduser()
+
+
+def cpu_id(*extra: str) -> str:
+    """A short id of this CPU model and its instruction sets (and of ``extra``): the key
+    of what is built or measured for one CPU (fused kernels, the BLAS choice)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        lines = [l for l in text.splitlines() if l.startswith(("model name", "flags"))][:2]
+    except OSError:
+        lines = []
+    return hashlib.sha1("\n".join(lines + list(extra)).encode()).hexdigest()[:12]
 
 
 def sqlite_file(url: str) -> Optional[Path]:

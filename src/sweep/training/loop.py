@@ -23,7 +23,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map
 
 from sweep.data.batches import iterate_batches
-from sweep.training.cpu_attention import basic_attention_on_cpu
+from sweep.training.cpu_ops import fusable_ops_on_cpu
 from sweep.training.events import (CheckpointReport, EvalReport, Listener, TrainReport,
                                    TrainResult)
 
@@ -116,9 +116,10 @@ def train(
 
     ``save_adapter(name)`` writes the current adapter into a folder called ``name``
     ("best", or "step-000010" every ``save_every`` steps) and returns its path. On the
-    CPU, attention runs from basic ops meanwhile (:mod:`sweep.training.cpu_attention`).
+    CPU, attention and SwiGLU are swapped for fusable versions meanwhile
+    (:mod:`sweep.training.cpu_ops`).
     """
-    with basic_attention_on_cpu(model), checkpointed_blocks(model, settings.grad_checkpoint):
+    with fusable_ops_on_cpu(model), checkpointed_blocks(model, settings.grad_checkpoint):
         return _train(model, optimizer, train_set, val_set, settings, listener, save_adapter,
                       loss)
 
