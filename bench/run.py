@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import sweep  # noqa: F401  (fast BLAS before mlx)
+from sweep import paths
 from sweep.config import compose
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -282,6 +283,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny model, few steps")
     parser.add_argument("--skip-peft", action="store_true")
     parser.add_argument("--skip-sweep", action="store_true", help="no sweep-efficiency grid")
+    parser.add_argument("--curves", type=Path, help="replay the sweep-efficiency strategies "
+                        "from grid curves saved by an earlier run instead of training the grid")
     args = parser.parse_args()
     args.model = "tiny" if args.quick else "smollm2_135m"
     args.batch, args.length, args.rank, args.layers = 4, 160, 8, (2 if args.quick else 16)
@@ -343,8 +346,15 @@ def main() -> None:
             grid = {"optimizer.lr": [1e-4, 1e-2], "lora.rank": [4, 8]} if args.quick \
                 else eff.GRID
             iters, every = (8, 4) if args.quick else (16, 4)
-            curves = eff.record_curves(compose, args.model, iters, every, Path(tmp) / "grid",
-                                       grid)
+            if args.curves:
+                curves, grid = eff.load_curves(args.curves)
+                print(f"grid curves replayed from {args.curves}")
+            else:
+                curves = eff.record_curves(compose, args.model, iters, every,
+                                           Path(tmp) / "grid", grid)
+                saved = paths.cache_root() / "bench" / f"grid-curves-{args.model}.json"
+                eff.save_curves(curves, grid, saved)
+                print(f"grid curves saved to {saved} (replay: --curves {saved})")
             rows += [Row(*r) for r in eff.summarise(curves, iters, grid=grid)]
     print_table(rows)
 

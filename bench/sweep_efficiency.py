@@ -12,6 +12,7 @@ same examples in every trial, so micro-batches are compute).
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import statistics
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Dict, List, Sequence, Tuple
 GRID = {"optimizer.lr": [3e-5, 1e-4, 3e-4, 1e-3], "lora.rank": [4, 16],
         "train.grad_accumulation": [1, 4]}
 Key = Tuple
+PRUNER = ("median", {})  # hydra.sweeper.pruner and pruner_kwargs of conf/hparams_search/lora
 
 
 def record_curves(compose, model: str, iters: int, every: int, tmp: Path,
@@ -44,6 +46,21 @@ def record_curves(compose, model: str, iters: int, every: int, tmp: Path,
     return curves
 
 
+def save_curves(curves: Dict[Key, Dict[int, float]], grid: Dict[str, List], path: Path) -> None:
+    rows = [{"config": dict(zip(grid, key)), "curve": curve} for key, curve in curves.items()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"grid": grid, "curves": rows}, indent=1))
+
+
+def load_curves(path: Path) -> Tuple[Dict[Key, Dict[int, float]], Dict[str, List]]:
+    """What :func:`save_curves` wrote: replay strategies without training again."""
+    saved = json.loads(Path(path).read_text())
+    grid = saved["grid"]
+    curves = {tuple(row["config"][k] for k in grid): {int(s): v for s, v in row["curve"].items()}
+              for row in saved["curves"]}
+    return curves, grid
+
+
 def _objective(curve: Dict[int, float]) -> float:
     return min(curve.values())  # the trial's best val loss, as run_trial returns it
 
@@ -59,8 +76,10 @@ def replay(curves: Dict[Key, Dict[int, float]], grid: Dict[str, List], strategy:
     sampler = {"random": lambda: optuna.samplers.RandomSampler(seed=seed),
                "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
                "tpe+pruning": lambda: optuna.samplers.TPESampler(seed=seed)}[strategy]()
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0) \
-        if strategy == "tpe+pruning" else optuna.pruners.NopPruner()
+    from sweep.optuna_link import build_pruner
+
+    # the sweeper's default pruner, built as every job builds it
+    pruner = build_pruner(*PRUNER) if strategy == "tpe+pruning" else optuna.pruners.NopPruner()
     study = optuna.create_study(sampler=sampler, pruner=pruner)
     compute, reached, best = 0, math.inf, math.inf
     for _ in range(max_trials):
