@@ -34,9 +34,14 @@ def build_pruner(name: str, kwargs: Dict[str, Any]):
     the ``Study`` object, not in the storage."""
     import optuna
 
+    # median: prune from the second trial on (Optuna's default waits for 5). With the
+    # short sweeps this tool runs by default (6 trials) every startup trial is a trial
+    # that cannot be pruned; replayed on a real 16-point SmolLM2 grid (bench/), 1 startup
+    # trial saved 43-48% of the compute of 6-12 TPE trials at the same best val loss,
+    # 2 saved 38-39%. Large sweeps: +hydra.sweeper.pruner_kwargs.n_startup_trials=5.
     pruners = {
         "median": lambda: optuna.pruners.MedianPruner(
-            **{"n_startup_trials": 2, "n_warmup_steps": 0, **kwargs}),
+            **{"n_startup_trials": 1, "n_warmup_steps": 0, **kwargs}),
         "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(**kwargs),
         "hyperband": lambda: optuna.pruners.HyperbandPruner(**kwargs),
         "none": lambda: optuna.pruners.NopPruner(),
