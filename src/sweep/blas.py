@@ -60,6 +60,7 @@ class BlasChoice:
 
 
 _choice: BlasChoice | None = None
+_shim_problem = ""  # why the OpenBLAS shim could not be built, if it could not
 
 # Forwarders from the CBLAS names MLX imports to scipy-openblas32's prefixed ones; the
 # counter is read by tests (shim_calls) and costs one relaxed atomic add per call.
@@ -133,6 +134,8 @@ def _scipy_openblas_shim() -> Optional[str]:
     libs = sorted(lib_dir.glob("libscipy_openblas*.so*"))
     compiler = shutil.which("cc") or shutil.which("gcc")
     if not libs or compiler is None:
+        _note_shim_problem("no C compiler (cc/gcc) to build its shim" if libs
+                           else f"no libscipy_openblas in {lib_dir}")
         return None
     link_name = libs[0].name[3:].split(".so")[0]
     key = hashlib.sha1(f"{_SHIM_SOURCE}{libs[0].resolve()}".encode()).hexdigest()[:12]
@@ -151,11 +154,18 @@ def _scipy_openblas_shim() -> Optional[str]:
             capture_output=True, text=True, timeout=120)
         source.unlink(missing_ok=True)
         if built.returncode != 0:
+            _note_shim_problem(f"building its shim failed: {built.stderr.strip()[-300:]}")
             return None
         staging.replace(shim)
-    except (OSError, subprocess.SubprocessError):
+    except (OSError, subprocess.SubprocessError) as error:
+        _note_shim_problem(f"building its shim failed: {error}")
         return None
     return str(shim)
+
+
+def _note_shim_problem(problem: str) -> None:
+    global _shim_problem
+    _shim_problem = f"OpenBLAS (scipy-openblas32) not used: {problem}."
 
 
 def _candidates() -> Dict[str, str]:
@@ -196,11 +206,8 @@ def _measured(candidates: Dict[str, str]) -> tuple[str, Dict[str, float]]:
         return next(iter(candidates)), {}
     choice = max(speeds, key=speeds.get)
     try:
-        record.parent.mkdir(parents=True, exist_ok=True)
-        staging = record.with_name(f".{record.name}.{os.getpid()}")
-        staging.write_text(json.dumps({"candidates": candidates, "gflops": speeds,
-                                       "choice": choice}, indent=2))
-        staging.replace(record)
+        paths.write_atomic(record, json.dumps({"candidates": candidates, "gflops": speeds,
+                                               "choice": choice}, indent=2))
     except OSError:
         pass
     return choice, speeds
@@ -250,6 +257,7 @@ def _select(request: str) -> BlasChoice:
         if speeds:
             note = "Fastest here: " + ", ".join(
                 f"{name} {speed:.0f} GFLOP/s" for name, speed in speeds.items()) + "."
+    note = " ".join(filter(None, [note, _shim_problem]))
     for name, path in candidates.items():
         if _load(path):
             return BlasChoice(name, path, True, note)

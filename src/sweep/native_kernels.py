@@ -58,10 +58,7 @@ def use_native_kernels(cache_root: Optional[Path] = None) -> Optional[Path]:
         wrapper = wrapper_dir / "g++"
         script = f'#!/bin/sh\nexec "{compiler}" {" ".join(FLAGS)} "$@"\n'
         if not wrapper.exists() or wrapper.read_text() != script:
-            staging = wrapper_dir / f".g++.{os.getpid()}"
-            staging.write_text(script)
-            staging.chmod(0o755)
-            staging.replace(wrapper)
+            paths.write_atomic(wrapper, script, mode=0o755)
     except OSError:
         return None
     tempfile.gettempdir()  # pin Python's temp folder before TMPDIR moves for MLX

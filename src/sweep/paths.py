@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["cache_root", "cpu_id", "sqlite_file", "ensure_sqlite_folder"]
+__all__ = ["cache_root", "cpu_id", "write_atomic", "sqlite_file", "ensure_sqlite_folder"]
 
 
 def cache_root(cache_dir: Optional[str] = None) -> Path:
@@ -26,6 +26,17 @@ def cpu_id(*extra: str) -> str:
     except OSError:
         lines = []
     return hashlib.sha1("\n".join(lines + list(extra)).encode()).hexdigest()[:12]
+
+
+def write_atomic(path: Path, text: str, mode: Optional[int] = None) -> None:
+    """Write ``text`` to a staging file beside ``path`` and rename it into place, so a
+    concurrent reader (another worker process) sees the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.{os.getpid()}")
+    staging.write_text(text)
+    if mode is not None:
+        staging.chmod(mode)
+    staging.replace(path)
 
 
 def sqlite_file(url: str) -> Optional[Path]:
