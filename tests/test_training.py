@@ -181,7 +181,11 @@ def test_events_and_the_best_adapter_is_kept(tiny, tmp_path: Path) -> None:
     assert [e.step for e in recorder.evals] == list(range(0, 13))
     assert [r.step for r in recorder.train] == list(range(1, 13))
     assert result.best_val_loss == min(losses) and losses[-1] > min(losses)
-    assert [c.step for c in recorder.checkpoints] == [e.step for e in recorder.evals if e.is_best]
+    # one checkpoint per improvement, then the final choice (on the whole split)
+    assert [c.step for c in recorder.checkpoints[:-1]] == \
+        [e.step for e in recorder.evals if e.is_best and not e.final]
+    assert recorder.checkpoints[-1].step == result.best_step == 6
+    assert recorder.evals[-1].final and recorder.evals[-1].whole_split
     model.load_weights(str(tmp_path / "best" / "adapters.safetensors"), strict=False)
     assert evaluate(model, val_set, settings()) == pytest.approx(result.best_val_loss, abs=1e-5)
 

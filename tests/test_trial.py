@@ -40,9 +40,14 @@ def test_trial_logs_params_metrics_and_adapter(trial) -> None:
     history = {k: client.get_metric_history(run.info.run_id, k)
                for k in ("train_loss", "val_loss", "val_ppl", "learning_rate", "grad_norm",
                          "tokens_per_sec", "peak_memory_gb")}
-    assert [m.step for m in history["val_loss"]] == [0, 1, 2]
-    assert [m.step for m in history["train_loss"]] == [1, 2]
+    # steps are micro-batches (accumulation 2: optimizer steps 1 and 2 end at 2 and 4)
+    assert [m.step for m in history["val_loss"]] == [0, 2, 4]
+    assert [m.step for m in history["train_loss"]] == [2, 4]
     assert run.data.metrics["best_val_loss"] == pytest.approx(result.best_val_loss)
+    se = client.get_metric_history(run.info.run_id, "val_loss_se")
+    assert se[-1].step == 4 and 0 < se[-1].value < 1
+    assert run.data.metrics["best_val_loss_se"] == pytest.approx(result.best_val_loss_se)
+    assert params["data.valid_answer_tokens"] != "0" and params["data.train_cut_examples"] == "0"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
     assert artifacts == {"adapter/adapters.safetensors", "adapter/adapter_config.json"}
     experiment = client.get_experiment(run.info.experiment_id)

@@ -48,6 +48,7 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: list) -> float:
         link.fail(f"{type(error).__name__}: {error}")
         raise
     values = objective_values(list(link_cfg.objectives), result)
+    link.trial.set_user_attr("val_loss_se", result.best_val_loss_se)
     link.complete(values)
     return values[0]
 

@@ -34,6 +34,8 @@ def build_pruner(name: str, kwargs: Dict[str, Any]):
     the ``Study`` object, not in the storage."""
     import optuna
 
+    from sweep.pruning import PairedMedianPruner
+
     # median: prune from the second trial on (Optuna's default waits for 5). With the
     # short sweeps this tool runs by default (6 trials) every startup trial is a trial
     # that cannot be pruned; replayed on a real 16-point SmolLM2 grid (bench/), 1 startup
@@ -42,6 +44,7 @@ def build_pruner(name: str, kwargs: Dict[str, Any]):
     pruners = {
         "median": lambda: optuna.pruners.MedianPruner(
             **{"n_startup_trials": 1, "n_warmup_steps": 0, **kwargs}),
+        "paired_median": lambda: PairedMedianPruner(**{"n_startup_trials": 1, **kwargs}),
         "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(**kwargs),
         "hyperband": lambda: optuna.pruners.HyperbandPruner(**kwargs),
         "none": lambda: optuna.pruners.NopPruner(),
@@ -60,7 +63,7 @@ class TrialPruned(TrialStopped):
 def objective_values(names: Sequence[str], result: Any) -> List[float]:
     """The objective values of a finished trial, in the order of ``names``."""
     table = {
-        "val_loss": result.best_val_loss,
+        "val_loss": result.best_val_loss,  # the whole validation split
         "trainable_parameters": float(result.trainable_parameters),
         "train_seconds": result.train.train_seconds,
     }
@@ -113,8 +116,13 @@ class OptunaTrialLink:
 
     def report(self, report: EvalReport) -> None:
         # Step = micro-batches seen, so trials with different accumulation line up.
+        from sweep.pruning import example_record, examples_attr
+
         if self.multi_objective or report.step == 0:
             return
+        if report.examples:  # for the paired pruner, before the value it explains
+            self.trial.set_user_attr(examples_attr(report.iteration), example_record(
+                report.examples, report.example_losses, report.example_tokens))
         self.trial.report(report.val_loss, report.iteration)
         if not report.final and self.trial.should_prune():
             raise TrialPruned(f"pruned at step {report.step} (val_loss {report.val_loss:.4f})")

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrialResult:
-    best_val_loss: float
+    best_val_loss: float  # over the whole validation split
     best_step: int
     adapter_dir: Path
     model_dir: str
@@ -35,6 +35,10 @@ class TrialResult:
     trainable_parameters: int
     train: TrainResult
     seconds: float
+
+    @property
+    def best_val_loss_se(self) -> float:
+        return self.train.best_val_loss_se
 
 
 CHECKPOINT_FROM_TOKENS = 2048
@@ -66,6 +70,52 @@ def _write_config(cfg: DictConfig, overrides: Sequence[str], folder: Path) -> Pa
     (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     (folder / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
     return folder
+
+
+def _fit_to_length(train_set, val_set, train: Any):
+    """Report what ``train.max_seq_length`` cuts (before training; recorded on the run)
+    and, with ``train.drop_long_examples``, drop the over-long examples instead."""
+    from sweep.data.batches import Subset, truncation
+    from sweep.data.records import DataError
+
+    figures: Dict[str, Any] = {}
+    sets = {"train": train_set, "valid": val_set}
+    for name, dataset in list(sets.items()):
+        t = truncation(dataset, train.max_seq_length)
+        if t.cut_examples and train.drop_long_examples:
+            keep = sorted(set(range(t.examples)) - set(t.long_indexes))
+            log.warning("%s split: dropped %d of %d examples longer than train.max_seq_length="
+                        "%d tokens (train.drop_long_examples=true)", name, t.cut_examples,
+                        t.examples, train.max_seq_length)
+            if not keep:
+                raise DataError(f"the {name} split has no example of at most train."
+                                f"max_seq_length={train.max_seq_length} tokens to keep "
+                                "(train.drop_long_examples=true dropped all of them)")
+            sets[name] = Subset(dataset, keep)
+            figures[f"data.{name}_dropped_examples"] = t.cut_examples
+            t = truncation(sets[name], train.max_seq_length)
+        elif t.cut_examples:
+            log.warning("%s split: %d of %d examples are longer than train.max_seq_length=%d "
+                        "tokens and are cut: %d of %d answer tokens lost, %d examples left with "
+                        "no answer (train.drop_long_examples=true drops them instead)", name,
+                        t.cut_examples, t.examples, train.max_seq_length, t.answer_tokens_lost,
+                        t.answer_tokens, t.empty_examples)
+        figures.update({f"data.{name}_cut_examples": t.cut_examples,
+                        f"data.{name}_answer_tokens": t.answer_tokens_kept,
+                        f"data.{name}_answer_tokens_lost": t.answer_tokens_lost})
+    return sets["train"], sets["valid"], figures
+
+
+def _require_answer_tokens(figures: Dict[str, Any], max_seq_length: int) -> None:
+    from sweep.errors import TrialFailed
+
+    for name in ("train", "valid"):
+        if figures[f"data.{name}_answer_tokens"] == 0:
+            lost = figures[f"data.{name}_answer_tokens_lost"]
+            raise TrialFailed(
+                f"the {name} split has no answer token left to train on or score: "
+                f"train.max_seq_length={max_seq_length} cuts all {lost} of them (the prompts "
+                "are longer); raise train.max_seq_length or shorten the prompts")
 
 
 def run_trial(
@@ -104,8 +154,9 @@ def run_trial(
     splits = load_splits(typed.data, typed.seed)
     loaded = load_base(typed.model, typed.cache_dir, typed.seed)
     model, tokenizer = loaded.model, loaded.tokenizer
-    train_set = tokenize(splits.train, tokenizer, typed.data.mask_prompt)
-    val_set = tokenize(splits.valid, tokenizer, typed.data.mask_prompt)
+    train_set, val_set, cut = _fit_to_length(
+        tokenize(splits.train, tokenizer, typed.data.mask_prompt),
+        tokenize(splits.valid, tokenizer, typed.data.mask_prompt), typed.train)
     longest = max(len(train_set[i][0]) for i in range(len(train_set)))
     settings = train_settings(typed, len(train_set), longest)
     adapter_cfg = apply_lora(model, typed.lora, typed.seed)
@@ -130,6 +181,7 @@ def run_trial(
         "model.dir": loaded.path,
         "blas": blas_choice().name,
         "train.grad_checkpoint_used": settings.grad_checkpoint,
+        **cut,
     })
     tracker.start(params, {"sweep.output_dir": str(output_dir.resolve()), **(tags or {})})
     if on_start is not None:
@@ -141,13 +193,16 @@ def run_trial(
         return save_adapter(model, adapter_cfg, folder)
 
     try:
+        _require_answer_tokens(cut, typed.train.max_seq_length)
         tracker.log_artifacts(_write_config(cfg, overrides, output_dir / "config"), "config")
         result = train(model, optimizer, train_set, val_set, settings,
                        listener=Listeners([ConsoleReporter(settings.total_steps, label),
                                            tracker, *listeners]),
                        save_adapter=save)
         tracker.log_metrics({"best_val_loss": result.best_val_loss,
-                             "best_step": result.best_step}, result.steps)
+                             "best_val_loss_se": result.best_val_loss_se,
+                             "best_step": result.best_step,
+                             "best_iteration": result.best_iteration}, result.iterations)
         tracker.log_artifacts(adapter_dir, "adapter")
     except TrialStopped as stop:
         if (adapter_dir / "adapters.safetensors").exists():
@@ -158,13 +213,14 @@ def run_trial(
     except KeyboardInterrupt:
         tracker.end("KILLED")
         raise
-    except BaseException:
+    except BaseException as error:
+        tracker.set_tag("sweep.fail_reason", f"{type(error).__name__}: {error}"[:5000])
         tracker.end("FAILED")
         raise
     tracker.end("FINISHED")
     seconds = time.perf_counter() - started
-    log.info("best val_loss %.4f (ppl %.2f) at step %d; adapter: %s; %.1f s",
-             result.best_val_loss, math.exp(result.best_val_loss), result.best_step,
-             adapter_dir, seconds)
+    log.info("best val_loss %.4f +- %.4f (ppl %.2f; whole validation split) at step %d; "
+             "adapter: %s; %.1f s", result.best_val_loss, result.best_val_loss_se,
+             math.exp(result.best_val_loss), result.best_step, adapter_dir, seconds)
     return TrialResult(result.best_val_loss, result.best_step, adapter_dir, loaded.path,
                        tracker.run_id, n_trainable, result, seconds)

@@ -23,6 +23,7 @@ class Sampler(Enum):
 
 class Pruner(Enum):
     median = "median"
+    paired_median = "paired_median"  # median, pruning only beyond z paired standard errors
     successive_halving = "successive_halving"
     hyperband = "hyperband"
     none = "none"

@@ -238,7 +238,11 @@ class TrainConfig:
     # Or every N micro-batches (at the next optimizer step): sweeps over accumulation use
     # it so every trial is evaluated (and pruned) after the same examples.
     eval_every_iters: Optional[int] = None
-    val_batches: int = 8  # -1 = the whole validation split
+    # Batches scored at each evaluation during training (the same ones every time, for
+    # pruning); -1 = all. The last evaluation always scores the whole split.
+    val_batches: int = 8
+    # Examples longer than max_seq_length are cut (and reported); true: dropped instead.
+    drop_long_examples: bool = False
     save_every: int = 0  # optimizer steps between periodic checkpoints; 0 = off
     report_every: int = 1  # optimizer steps between train reports
     compile: bool = True  # mx.compile the step function

@@ -8,7 +8,8 @@ validation batches are the same at every evaluation and the train order follows 
 
 from __future__ import annotations
 
-from typing import Any, Iterator, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 import mlx.core as mx
 import numpy as np
@@ -16,7 +17,8 @@ from mlx_lm.tuner.datasets import CacheDataset, ChatDataset, TextDataset
 
 from sweep.data.records import DataError, Example
 
-__all__ = ["tokenize", "iterate_batches", "count_batches"]
+__all__ = ["tokenize", "iterate_batches", "count_batches", "eval_batches", "Truncation",
+           "truncation", "Subset"]
 
 PAD_MULTIPLE = 32
 
@@ -70,3 +72,83 @@ def iterate_batches(
             yield mx.array(tokens), mx.array(bounds), int(sum(lengths))
         if not loop:
             return
+
+
+def eval_batches(
+    dataset: CacheDataset,
+    batch_size: int,
+    max_seq_length: int,
+    max_batches: int = -1,
+) -> Iterator[Tuple[mx.array, mx.array, np.ndarray]]:
+    """Yield ``(tokens [B, L], bounds [B, 2], indexes [B])`` covering *every* example
+    once, in a fixed order: sorted by length, full batches shuffled by a fixed seed, then
+    the partial one (padded with empty rows, index -1). ``max_batches`` > 0 keeps the first ones:
+    the same subset at every evaluation."""
+    lengths_all = [len(dataset[i][0]) for i in range(len(dataset))]
+    order = sorted(range(len(dataset)), key=lengths_all.__getitem__)
+    groups = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    full = len(order) // batch_size  # the partial batch (if any) comes last
+    sequence = list(np.random.default_rng(0).permutation(full)) + list(range(full, len(groups)))
+    if max_batches > 0:
+        sequence = sequence[:max_batches]
+    for g in sequence:
+        items = [dataset[j] for j in groups[g]]
+        lengths = [min(len(tokens), max_seq_length) for tokens, _ in items]
+        width = min(PAD_MULTIPLE * -(-max(lengths) // PAD_MULTIPLE) + 1, max_seq_length)
+        tokens = np.zeros((batch_size, width), np.int32)
+        bounds = np.zeros((batch_size, 2), np.int32)
+        indexes = np.full(batch_size, -1, np.int64)
+        for row, ((ids, offset), length) in enumerate(zip(items, lengths)):
+            tokens[row, :length] = ids[:length]
+            bounds[row] = (min(offset, length), length)
+            indexes[row] = groups[g][row]
+        yield mx.array(tokens), mx.array(bounds), indexes
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """What ``train.max_seq_length`` cuts from a split (answer = trained-on tokens)."""
+
+    examples: int
+    cut_examples: int  # longer than max_seq_length
+    answer_tokens: int  # before cutting
+    answer_tokens_lost: int
+    empty_examples: int  # no answer token left after cutting
+    long_indexes: Tuple[int, ...]
+
+    @property
+    def answer_tokens_kept(self) -> int:
+        return self.answer_tokens - self.answer_tokens_lost
+
+
+def truncation(dataset: CacheDataset, max_seq_length: int) -> Truncation:
+    """Count what cutting at ``max_seq_length`` loses. The loss is taken on positions
+    ``offset <= p < length`` (next-token targets), so an example's answer has
+    ``length - offset`` target tokens."""
+    cut = answer = lost = empty = 0
+    long = []
+    for i in range(len(dataset)):
+        ids, offset = dataset[i]
+        full = max(len(ids) - min(offset, len(ids)), 0)
+        length = min(len(ids), max_seq_length)
+        kept = max(length - min(offset, length), 0)
+        answer, lost = answer + full, lost + full - kept
+        if len(ids) > max_seq_length:
+            cut += 1
+            long.append(i)
+        if kept == 0:
+            empty += 1
+    return Truncation(len(dataset), cut, answer, lost, empty, tuple(long))
+
+
+class Subset:
+    """Some examples of a tokenized dataset, with the same interface."""
+
+    def __init__(self, dataset: Any, indexes: Sequence[int]):
+        self.dataset, self.indexes = dataset, list(indexes)
+
+    def __getitem__(self, i: int):
+        return self.dataset[self.indexes[i]]
+
+    def __len__(self) -> int:
+        return len(self.indexes)

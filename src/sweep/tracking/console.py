@@ -22,9 +22,10 @@ class ConsoleReporter(Listener):
         )
 
     def on_eval_report(self, r: EvalReport) -> None:
-        log.info("%sstep %d/%d  val_loss %.4f  val_ppl %.2f%s  (%.1f s)", self.prefix, r.step,
-                 self.total_steps,
-                 r.val_loss, r.val_ppl, "  best" if r.is_best else "", r.seconds)
+        scope = "all" if r.whole_split else "subset of"
+        log.info("%sstep %d/%d  val_loss %.4f +- %.4f  val_ppl %.2f  (%s %d examples)%s  "
+                 "(%.1f s)", self.prefix, r.step, self.total_steps, r.val_loss, r.val_loss_se,
+                 r.val_ppl, scope, len(r.examples), "  best" if r.is_best else "", r.seconds)
 
     def on_checkpoint(self, r: CheckpointReport) -> None:
         if r.kind != "best":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -107,11 +108,16 @@ class MlflowTracker(NullTracker):
                 "peak_memory_gb": report.peak_memory_gb,
                 "trained_tokens": report.trained_tokens,
             },
-            report.step,
+            report.iteration,
         )
 
     def on_eval_report(self, report: EvalReport) -> None:
-        self.log_metrics({"val_loss": report.val_loss, "val_ppl": report.val_ppl}, report.step)
+        # Step = micro-batches seen, as the pruner sees them: trials with different
+        # accumulation line up on one x axis in the UI.
+        metrics = {"val_loss": report.val_loss, "val_ppl": report.val_ppl}
+        if math.isfinite(report.val_loss_se):
+            metrics["val_loss_se"] = report.val_loss_se
+        self.log_metrics(metrics, report.iteration)
 
     def log_artifacts(self, folder: Path, artifact_path: str) -> None:
         self.client.log_artifacts(self.run_id, str(folder), artifact_path)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List, Optional
+from typing import Iterable, List, Optional, Tuple
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,12 @@ class EvalReport:
     is_best: bool
     trained_tokens: int
     seconds: float
-    final: bool = False  # the last evaluation of the trial
+    final: bool = False  # the last evaluation of the trial: the whole split, the objective
+    val_loss_se: float = float("nan")  # standard error over the examples scored
+    examples: Tuple[int, ...] = ()  # the validation examples scored (dataset indexes)
+    example_losses: Tuple[float, ...] = ()  # the mean loss of each, in that order
+    example_tokens: Tuple[int, ...] = ()  # the answer tokens of each
+    whole_split: bool = False  # every validation example was scored
 
 
 @dataclass(frozen=True)
@@ -45,13 +50,16 @@ class CheckpointReport:
 
 @dataclass(frozen=True)
 class TrainResult:
-    best_val_loss: float
+    best_val_loss: float  # over the whole validation split (the trial's objective)
     best_step: int
     steps: int
     iterations: int
     trained_tokens: int
     train_seconds: float
     eval_seconds: float
+    best_val_loss_se: float = float("nan")
+    best_iteration: int = 0
+    base_val_loss: float = float("nan")  # step 0, the same examples as the other evaluations
 
 
 class TrialStopped(Exception):

@@ -26,15 +26,14 @@ from sweep.data.batches import iterate_batches
 from sweep.training.cpu_ops import fusable_ops_on_cpu
 from sweep.training.events import (CheckpointReport, EvalReport, Listener, TrainReport,
                                    TrainResult)
+from sweep.training.scoring import ExampleLoss, example_losses, score
+from sweep.training.validation import (CollapsedError, NonFiniteLossError, Validation,
+                                       check_not_dead, vocab_size)
 
-__all__ = ["LoopSettings", "NonFiniteLossError", "token_cross_entropy", "masked_cross_entropy",
-           "evaluate", "train"]
+__all__ = ["LoopSettings", "NonFiniteLossError", "CollapsedError", "token_cross_entropy",
+           "masked_cross_entropy", "evaluate", "train"]
 
 Loss = Callable[[nn.Module, mx.array, mx.array], Tuple[mx.array, mx.array]]
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss or the gradient norm became NaN or infinite."""
 
 
 @dataclass(frozen=True)
@@ -98,22 +97,11 @@ def masked_cross_entropy(model: nn.Module, tokens: mx.array, bounds: mx.array):
 
 
 def evaluate(model: nn.Module, dataset, settings: LoopSettings,
-             loss: Loss = masked_cross_entropy, compiled: Callable | None = None) -> float:
-    """Token-weighted mean loss over the same ``val_batches`` batches every time
-    (``compiled``: the loss already bound to the model and compiled, to reuse)."""
-    model.eval()
-    compiled = compiled or mx.compile(partial(loss, model), inputs=[model.state])
-    total, count = mx.array(0.0), mx.array(0)
-    batches = iterate_batches(dataset, settings.batch_size, settings.max_seq_length,
-                              rng=np.random.default_rng(0), name="validation")
-    for index, (tokens, bounds, _) in enumerate(batches):
-        if settings.val_batches != -1 and index >= settings.val_batches:
-            break
-        value, n = compiled(tokens, bounds)
-        total, count = total + value * n, count + n
-        mx.eval(total, count)
-    model.train()
-    return (total / mx.maximum(count, 1)).item()
+             loss: ExampleLoss = example_losses, compiled: Callable | None = None) -> float:
+    """Token-weighted mean loss over the same ``val_batches`` batches every time (all of
+    the split with -1); :func:`sweep.training.scoring.score` keeps each example's."""
+    return score(model, dataset, settings.batch_size, settings.max_seq_length,
+                 settings.val_batches, loss, compiled).loss
 
 
 def _global_norm(grads) -> mx.array:
@@ -130,8 +118,12 @@ def train(
     listener: Listener = Listener(),
     save_adapter: Callable[[str], Path] = lambda name: Path(name),
     loss: Loss = masked_cross_entropy,
+    eval_loss: ExampleLoss = example_losses,
 ) -> TrainResult:
-    """Train the model's trainable (LoRA) parameters; returns the best validation loss.
+    """Train the model's trainable (LoRA) parameters; returns the best validation loss
+    over the whole validation split (:class:`~sweep.training.validation.Validation`).
+    A collapsed model raises :class:`CollapsedError`, a NaN or infinite loss
+    :class:`NonFiniteLossError`.
 
     ``save_adapter(name)`` writes the current adapter into a folder called ``name``
     ("best", or "step-000010" every ``save_every`` steps) and returns its path. On the
@@ -140,7 +132,7 @@ def train(
     """
     with fusable_ops_on_cpu(model), checkpointed_blocks(model, settings.grad_checkpoint):
         return _train(model, optimizer, train_set, val_set, settings, listener, save_adapter,
-                      loss)
+                      loss, eval_loss)
 
 
 @contextmanager
@@ -171,7 +163,7 @@ def checkpointed_blocks(model: nn.Module, enabled: bool) -> Iterator[None]:
 
 def _train(model: nn.Module, optimizer: optim.Optimizer, train_set, val_set,
            settings: LoopSettings, listener: Listener, save_adapter: Callable[[str], Path],
-           loss: Loss) -> TrainResult:
+           loss: Loss, eval_loss: ExampleLoss) -> TrainResult:
     loss_and_grad = nn.value_and_grad(model, loss)
 
     def micro_step(tokens, bounds, accumulated):
@@ -184,8 +176,10 @@ def _train(model: nn.Module, optimizer: optim.Optimizer, train_set, val_set,
         state = [model.state, mx.random.state]
         micro_step = partial(mx.compile, inputs=state, outputs=state)(micro_step)
 
-    eval_loss = mx.compile(partial(loss, model), inputs=[model.state]) if settings.compile \
-        else partial(loss, model)
+    validation = Validation(model, val_set, settings.batch_size, settings.max_seq_length,
+                            settings.val_batches, listener, save_adapter, eval_loss,
+                            settings.compile)
+    uniform = math.log(vocab_size(model))
 
     def update(accumulated, count):
         grads = tree_map(lambda g: g / count, accumulated)
@@ -204,30 +198,13 @@ def _train(model: nn.Module, optimizer: optim.Optimizer, train_set, val_set,
         mx.eval(model.trainable_parameters(), optimizer.state, norm)
         return norm.item()
 
-    best_loss, best_step = math.inf, 0
-    eval_seconds = train_seconds = 0.0
+    train_seconds = 0.0
     step = trained = iteration = 0
     next_eval = settings.eval_every_iters
 
-    def run_eval(final: bool = False) -> None:
-        nonlocal best_loss, best_step, eval_seconds
-        start = time.perf_counter()
-        val_loss = evaluate(model, val_set, settings, loss, eval_loss)
-        eval_seconds += time.perf_counter() - start
-        if not math.isfinite(val_loss):
-            raise NonFiniteLossError(f"validation loss is {val_loss} at step {step}")
-        improved = val_loss < best_loss
-        if improved:
-            best_loss, best_step = val_loss, step
-        listener.on_eval_report(EvalReport(step, iteration, val_loss,
-                                           math.exp(min(val_loss, 700.0)), improved, trained,
-                                           time.perf_counter() - start, final))
-        if improved:
-            listener.on_checkpoint(CheckpointReport(step, save_adapter("best"), "best", val_loss))
-
     model.train()
     mx.reset_peak_memory()
-    run_eval()  # step 0: the base model (LoRA's B matrices start at zero)
+    validation.run(0, 0, 0)  # the base model (LoRA's B matrices start at zero)
 
     batches = iterate_batches(train_set, settings.batch_size, settings.max_seq_length,
                               rng=np.random.default_rng(settings.seed), loop=True)
@@ -259,11 +236,13 @@ def _train(model: nn.Module, optimizer: optim.Optimizer, train_set, val_set,
         if not math.isfinite(grad_norm):
             raise NonFiniteLossError(f"gradient norm is {grad_norm} at step {step}; try a "
                                      "lower optimizer.lr or set train.max_grad_norm")
+        train_loss = window_loss / window_micro
+        check_not_dead(step, train_loss, grad_norm, uniform)
         if step % settings.report_every == 0 or last:
             listener.on_train_report(TrainReport(
                 step=step,
                 iteration=iteration,
-                train_loss=window_loss / window_micro,
+                train_loss=train_loss,
                 learning_rate=optimizer.learning_rate.item(),
                 grad_norm=grad_norm,
                 tokens_per_sec=window_tokens / max(window_seconds, 1e-9),
@@ -278,10 +257,13 @@ def _train(model: nn.Module, optimizer: optim.Optimizer, train_set, val_set,
                 next_eval += settings.eval_every_iters
         else:
             due = step % settings.eval_every == 0
-        if due or last:
-            run_eval(final=last)
+        if last:
+            validation.final(step, iteration, trained, grad_norm, uniform)
+        elif due:
+            validation.run(step, iteration, trained)
         if settings.save_every and step % settings.save_every == 0:
             path = save_adapter(f"step-{step:06d}")
             listener.on_checkpoint(CheckpointReport(step, path, "periodic"))
-    return TrainResult(best_loss, best_step, step, settings.iters, trained,
-                       train_seconds, eval_seconds)
+    v = validation
+    return TrainResult(v.chosen.loss, v.chosen_at[0], step, settings.iters, trained,
+                       train_seconds, v.seconds, v.chosen.se, v.chosen_at[1], v.base.loss)
