@@ -34,7 +34,7 @@ import optuna
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobStatus
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
                                   IntDistribution)
 from optuna.trial import FrozenTrial, TrialState
@@ -53,6 +53,7 @@ warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to b
 warnings.filterwarnings("ignore", message=".*fail_stale_trials is experimental")
 
 WORKER_ENV = "SWEEP_OPTUNA_WORKER"
+EVALUATED_ATTR = "evaluated_trial"  # study user attr: the best trial evaluated on the test split
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 TAKEN = FINISHED + (TrialState.RUNNING, TrialState.WAITING)  # a FAILed configuration may rerun
 MAX_DRAWS = 20  # draws of one trial before taking a free point of a discrete space at random
@@ -491,5 +492,34 @@ class SweeperImpl:
             raise
         if not os.environ.get(WORKER_ENV):
             report.finish()
+            self.evaluate_best(study)
         return results
+
+    def evaluate_best(self, study: optuna.Study) -> None:
+        """Held-out evaluation of the best trial (``eval.after_sweep``), once per winner:
+        the test split only reports, it chooses nothing."""
+        from sweep.errors import SweepError
+
+        if not OmegaConf.select(self.config, "eval.after_sweep", default=False):
+            return
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if not complete or len(study.directions) > 1:
+            return
+        best = study.best_trial
+        if study.user_attrs.get(EVALUATED_ATTR) == best.number:
+            log.info("best trial %d was evaluated on the test split already", best.number)
+            return
+        from sweep.evaluation.heldout import evaluate_target, summary
+
+        cfg = self.config.copy()
+        with open_dict(cfg):
+            cfg.target = best.user_attrs.get("mlflow_run_id") or best.user_attrs.get("output_dir")
+            del cfg["hydra"]
+        try:
+            result = evaluate_target(cfg)
+        except (SweepError, OSError) as error:
+            log.warning("held-out evaluation of best trial %d failed: %s", best.number, error)
+            return
+        study.set_user_attr(EVALUATED_ATTR, best.number)
+        print(summary(result), flush=True)
 

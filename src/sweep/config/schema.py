@@ -33,6 +33,7 @@ __all__ = [
     "TrainConfig",
     "MlflowConfig",
     "TrialLink",
+    "EvalConfig",
     "SweepConfig",
 ]
 
@@ -287,6 +288,25 @@ class MlflowConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Held-out evaluation (``sweep-eval``, and the best trial at the end of a sweep)."""
+
+    after_sweep: bool = True  # evaluate the best trial when a sweep finishes
+    base: bool = True  # also evaluate the base model, to compare
+    max_examples: Optional[int] = None  # questions answered (loss always covers the split)
+    max_tokens: int = 192  # per answer, greedy
+    batch_size: int = 32  # answers generated at once
+    bootstrap: int = 1000  # resamples for the uncertainty of corpus-level scores
+    log_to_mlflow: bool = True  # metrics and the answer table on the evaluated run
+
+    def __post_init__(self) -> None:
+        _require(self.max_examples is None or self.max_examples > 0, "eval.max_examples",
+                 "must be null (every test question) or > 0", self.max_examples)
+        for key in ("max_tokens", "batch_size", "bootstrap"):
+            _require(getattr(self, key) > 0, f"eval.{key}", "must be > 0", getattr(self, key))
+
+
+@dataclass
 class TrialLink:
     """Set by the sweeper for each job (not by users): which Optuna trial this job is."""
 
@@ -307,6 +327,10 @@ class SweepConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     trial: TrialLink = field(default_factory=TrialLink)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    # sweep-eval / sweep-export / sweep-chat: a sweep's output folder (its best trial), an
+    # MLflow run id, or an adapter folder
+    target: Optional[str] = None
     seed: int = 42
     # Where imported models are cached; null = $SWEEP_CACHE or ~/.cache/sweep
     cache_dir: Optional[str] = None

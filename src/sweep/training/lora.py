@@ -13,7 +13,7 @@ from mlx_lm.tuner.utils import linear_to_lora_layers
 
 from sweep.config.schema import LoraConfig
 
-__all__ = ["apply_lora", "adapter_config", "save_adapter", "trainable_parameters",
+__all__ = ["apply_lora", "adapter_config", "save_adapter", "load_adapter", "trainable_parameters",
            "ADAPTER_FILE", "ADAPTER_CONFIG_FILE"]
 
 ADAPTER_FILE = "adapters.safetensors"
@@ -71,3 +71,32 @@ def save_adapter(model: nn.Module, config: Dict[str, Any], folder: Path) -> Path
     tmp.replace(folder / ADAPTER_FILE)
     (folder / ADAPTER_CONFIG_FILE).write_text(json.dumps(config, indent=2))
     return folder
+
+
+def load_adapter(model: nn.Module, folder: Path, model_name: str = "the base model") -> None:
+    """Add the adapter saved in ``folder`` to ``model``, as ``mlx_lm``'s ``load_adapters``
+    does, but checking first that every weight fits (mlx-lm loads with ``strict=False``:
+    an adapter for another base model would load silently, or fail deep inside a
+    matmul). Raises :class:`~sweep.errors.SweepError` naming what does not fit."""
+    from sweep.errors import SweepError
+
+    folder = Path(folder)
+    config = json.loads((folder / ADAPTER_CONFIG_FILE).read_text())
+    weights = mx.load(str(folder / ADAPTER_FILE))
+    layers = len(model.layers)
+    if config.get("num_layers", 0) > layers:
+        raise SweepError(f"target: the adapter in {folder} adapts {config['num_layers']} "
+                         f"blocks; {model_name} has {layers}: it was made for another model")
+    model.freeze()
+    linear_to_lora_layers(model, config["num_layers"], config["lora_parameters"],
+                          use_dora=config.get("fine_tune_type") == "dora")
+    expected = dict(tree_flatten(model.trainable_parameters()))
+    wrong = [f"{k} {tuple(v.shape)} (the model wants "
+             f"{tuple(expected[k].shape) if k in expected else 'no such weight'})"
+             for k, v in weights.items() if k not in expected or expected[k].shape != v.shape]
+    if wrong or set(expected) - set(weights):
+        detail = wrong[0] if wrong else f"{sorted(set(expected) - set(weights))[0]} is missing"
+        raise SweepError(f"target: the adapter in {folder} does not fit {model_name}: "
+                         f"{detail}; it was made for another base model")
+    model.load_weights(list(weights.items()), strict=False)
+    mx.eval(model.parameters())
