@@ -20,10 +20,10 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from conftest import ROOT
-from hydra_plugins.sweep_optuna import _impl
-from hydra_plugins.sweep_optuna._impl import (SpaceExhausted, SweeperImpl, suggest,
-                                              trial_seed)
-from hydra_plugins.sweep_optuna._search_space import SearchSpace, parse_search_space
+from hydra_plugins.sweep_optuna import _proposals
+from hydra_plugins.sweep_optuna._impl import SweeperImpl
+from hydra_plugins.sweep_optuna._proposals import SpaceExhausted, suggest, tell_fail, trial_seed
+from hydra_plugins.sweep_optuna._search_space import SearchSpace, grid_values, parse_search_space
 from hydra_plugins.sweep_optuna.config import Sampler, SweepOptunaConf
 
 LORA = {"lora.rank": "choice(4, 8, 16, 32)", "lora.alpha": "choice(8, 16, 32, 64)",
@@ -38,7 +38,7 @@ def key(params: Dict[str, Any]) -> Tuple:
 
 
 def repeats(study: optuna.Study) -> int:
-    keys = [key(t.params) for t in study.get_trials(states=_impl.TAKEN)]
+    keys = [key(t.params) for t in study.get_trials(states=_proposals.TAKEN)]
     return len(keys) - len(set(keys))
 
 
@@ -180,12 +180,42 @@ def test_a_small_space_is_covered_then_the_sweep_stops(tmp_path: Path, sampler: 
 
 
 def test_a_sampler_that_only_repeats_itself(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(_impl, "build_sampler",
+    monkeypatch.setattr(_proposals, "build_sampler",
                         lambda *args, **kwargs: optuna.samplers.RandomSampler(seed=0))
     space = parse_search_space(SMALL)
     impl, study = open_sweeper(tmp_path, "random")
     run(impl, study, space, 6)
     assert repeats(study) == 0 and len(study.trials) == 6
+
+
+@pytest.mark.parametrize("by_number", [False, True])
+def test_a_fail_tell_on_the_last_grid_point_does_not_raise(tmp_path: Path,
+                                                           by_number: bool) -> None:
+    """GridSampler.after_trial calls study.stop() on its last point, which raises outside
+    optimize(); the sweeper tells FAIL outside optimize() (trial could not start, job died)."""
+    space = parse_search_space(SMALL)
+    grid = optuna.samplers.GridSampler(grid_values(space), seed=0)
+
+    def on_last_point(name: str) -> Tuple[optuna.Study, optuna.trial.Trial]:
+        study = optuna.create_study(storage=f"sqlite:///{tmp_path}/o.db", study_name=name,
+                                    sampler=grid)
+        for _ in range(5):
+            study.tell(study.ask(), 1.0)
+        return study, study.ask()
+
+    bare, trial = on_last_point("bare")
+    with pytest.raises(RuntimeError, match="Study.stop"):  # what tell_fail guards against
+        bare.tell(trial, state=TrialState.FAIL)
+    study, trial = on_last_point("guarded")
+    if by_number:  # as for a dead process's trial
+        tell_fail(study, trial.number)
+    else:
+        tell_fail(study, trial, "could not start")
+    stored = study.trials[-1]
+    assert stored.number == trial.number and stored.state == TrialState.FAIL
+    assert stored.user_attrs.get("fail_reason") == (None if by_number else "could not start")
+    assert study.sampler is grid
+    tell_fail(study, trial)  # already finished: nothing happens
 
 
 # -- end to end on the tiny model ----------------------------------------------------
@@ -203,7 +233,7 @@ def study_of(tmp: Path) -> optuna.Study:
 
 
 def configurations(study: optuna.Study) -> List[Tuple]:
-    return [key(t.params) for t in study.get_trials(states=_impl.TAKEN)]
+    return [key(t.params) for t in study.get_trials(states=_proposals.TAKEN)]
 
 
 @pytest.mark.slow

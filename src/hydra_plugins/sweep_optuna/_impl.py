@@ -6,21 +6,14 @@ it as soon as it is free: no blocking batches. ``n_trials`` counts the finished 
 of the whole study, so re-running the command resumes it. The job tells Optuna how its
 trial ended (``sweep.optuna_link``); a trial whose job died is set to FAIL here.
 
-No trial repeats another's configuration (``SweeperImpl.propose``): trial n is drawn
-after trials 0..n-1 have their params, by a sampler seeded from (seed, n), and redrawn
-if it still matches one of them; so resumes and parallel workers neither restart nor
-share a random stream, and a given seed and study history give the same proposals.
+No trial repeats another's configuration: proposals come from ``_proposals.Proposer``,
+which this loop builds and calls but which knows nothing of launching.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import itertools
 import logging
-import math
 import os
-import random
 import socket
 import subprocess
 import sys
@@ -28,22 +21,27 @@ import time
 import warnings
 from enum import Enum
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple
+from typing import Any, Dict, List, Mapping, Optional
 
 import optuna
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobStatus
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
-from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
-                                  IntDistribution)
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.optuna_link import HEARTBEAT_ATTR, PRUNER_ATTR, build_pruner
 from sweep.paths import ensure_sqlite_folder
 
-from hydra_plugins.sweep_optuna._search_space import (SearchSpace, SearchSpaceError, grid_values,
+from hydra_plugins.sweep_optuna._proposals import (Proposer, SpaceExhausted, SweepAborted,
+                                                   build_sampler, frozen_trial, hydra_value,
+                                                   owner_died, tell_fail)
+from hydra_plugins.sweep_optuna._search_space import (SearchSpace, SearchSpaceError,
                                                       parse_search_space)
+
+# SweepAborted, build_sampler and hydra_value live in _proposals; callers may import them here
+__all__ = ["SweeperImpl", "SweepAborted", "build_sampler", "hydra_value", "plain", "WORKER_ENV",
+           "EVALUATED_ATTR"]
 
 log = logging.getLogger("sweep.sweeper")
 
@@ -55,18 +53,6 @@ warnings.filterwarnings("ignore", message=".*fail_stale_trials is experimental")
 WORKER_ENV = "SWEEP_OPTUNA_WORKER"
 EVALUATED_ATTR = "evaluated_trial"  # study user attr: the best trial evaluated on the test split
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-TAKEN = FINISHED + (TrialState.RUNNING, TrialState.WAITING)  # a FAILed configuration may rerun
-MAX_DRAWS = 20  # draws of one trial before taking a free point of a discrete space at random
-MAX_POINTS = 100_000  # larger discrete spaces are not listed
-EARLIER_TRIALS_WAIT = 30.0  # seconds a trial waits for the params of the trials before it
-
-
-class SweepAborted(RuntimeError):
-    """The sweep stopped on purpose (too many failures, a bad search space)."""
-
-
-class SpaceExhausted(Exception):
-    """Every configuration of a discrete search space has run or is running."""
 
 
 def plain(value: Any) -> Any:
@@ -82,176 +68,13 @@ def plain(value: Any) -> Any:
     return value
 
 
-def build_sampler(name: str, kwargs: Dict[str, Any], seed: int, space: SearchSpace,
-                  multi_objective: bool, draw_seed: Optional[int] = None
-                  ) -> optuna.samplers.BaseSampler:
-    """The sampler named in ``hydra.sweeper.sampler``. ``draw_seed`` (see ``trial_seed``)
-    reseeds the random draws of one trial; grid and QMC keep ``seed`` whatever it is: it
-    orders the grid (trial n takes point n) and scrambles the QMC sequence (its position
-    is kept in the study), which every process must share. QMC's fallback sampler, used
-    for the first trial, is reseeded."""
-    own = seed if draw_seed is None else draw_seed
-    fallback = {} if draw_seed is None else {
-        "independent_sampler": optuna.samplers.RandomSampler(seed=draw_seed)}
-    samplers = {
-        # constant_liar (already Optuna 5's default): running trials count as bad ones
-        "tpe": lambda: optuna.samplers.TPESampler(seed=own, **{"constant_liar": True, **kwargs}),
-        "random": lambda: optuna.samplers.RandomSampler(seed=own, **kwargs),
-        "grid": lambda: optuna.samplers.GridSampler(grid_values(space), seed=seed, **kwargs),
-        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=own, **kwargs),
-        "gp": lambda: optuna.samplers.GPSampler(seed=own, **kwargs),
-        "qmc": lambda: optuna.samplers.QMCSampler(seed=seed, **{**fallback, **kwargs}),
-        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=own, **kwargs),
-    }
-    if name not in samplers:
-        raise SweepAborted(f"hydra.sweeper.sampler={name}: choose from {sorted(samplers)}")
-    if name == "gp":
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            raise SweepAborted("hydra.sweeper.sampler=gp needs PyTorch (pip install torch); "
-                               "tpe, random, grid, cmaes, qmc and nsga2 do not") from None
-    if name == "cmaes" and multi_objective:
-        raise SweepAborted("hydra.sweeper.sampler=cmaes is single-objective; use nsga2 or tpe")
-    return samplers[name]()
-
-
-def trial_seed(seed: int, number: int, attempt: int = 0) -> int:
-    """The sampler seed of one draw of trial ``number``: the same in every process."""
-    digest = hashlib.sha256(f"{seed}/{number}/{attempt}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
-
-
-def suggest(trial: optuna.trial.Trial, name: str, distribution: BaseDistribution) -> Any:
-    """``trial.suggest_*`` for one Optuna distribution of the search space."""
-    d = distribution
-    if isinstance(d, FloatDistribution):
-        return trial.suggest_float(name, d.low, d.high, step=d.step, log=d.log)
-    if isinstance(d, IntDistribution):
-        return trial.suggest_int(name, d.low, d.high, step=d.step, log=d.log)
-    if isinstance(d, CategoricalDistribution):
-        return trial.suggest_categorical(name, d.choices)
-    raise TypeError(f"{name}: cannot suggest from {d!r}")
-
-
-def config_key(params: Mapping[str, Any]) -> Tuple:
-    """A configuration as an exact, hashable key: floats exactly, and 1, 1.0, True apart."""
-    return tuple(sorted((k, type(v).__name__, v) for k, v in params.items()))
-
-
-def draw(sampler: optuna.samplers.BaseSampler, study: optuna.Study, trial: FrozenTrial,
-         distributions: Mapping[str, BaseDistribution]) -> Dict[str, Any]:
-    """One candidate configuration for ``trial``, asked of ``sampler`` the way
-    ``Trial.suggest_*`` asks it (relative sampling first, then independent) but not
-    recorded, so that a repeat can be drawn again. (Suggesting instead would record the
-    repeat for good: a redraw would then cost a junk FAIL trial.) Unlike ``Trial``, the
-    sampler sees the whole study, not the HyperbandPruner's bracket."""
-    relative_space = sampler.infer_relative_search_space(study, trial)
-    relative = sampler.sample_relative(study, trial, relative_space)
-    params = {}
-    for name, d in distributions.items():
-        if d.single():
-            value = d.choices[0] if isinstance(d, CategoricalDistribution) else d.low
-        elif name in relative and name in relative_space:
-            value = relative[name]
-        else:
-            value = sampler.sample_independent(study, trial, name, d)
-        params[name] = d.to_external_repr(d.to_internal_repr(value))  # numpy -> Python types
-    return params
-
-
-def _values(d: BaseDistribution) -> Optional[List[Any]]:
-    if isinstance(d, CategoricalDistribution):
-        return list(d.choices)
-    if isinstance(d, IntDistribution):
-        return list(range(d.low, d.high + 1, d.step))
-    if isinstance(d, FloatDistribution) and d.step is not None:
-        return [d.low + i * d.step for i in range(int(round((d.high - d.low) / d.step)) + 1)]
-    return None
-
-
-def finite_points(distributions: Mapping[str, BaseDistribution]) -> Optional[List[Dict[str, Any]]]:
-    """Every configuration of a discrete search space; None if it is continuous or huge."""
-    values = {k: _values(d) for k, d in distributions.items()}
-    if any(v is None for v in values.values()) or \
-            math.prod(len(v) for v in values.values()) > MAX_POINTS:
-        return None
-    return [dict(zip(values, combo)) for combo in itertools.product(*values.values())]
-
-
-class _Chosen(optuna.samplers.BaseSampler):
-    """Gives ``trial.suggest_*`` the values already drawn, so they are recorded as usual."""
-
-    def __init__(self, params: Mapping[str, Any]):
-        self.params = dict(params)
-
-    def infer_relative_search_space(self, study, trial):
-        return {}
-
-    def sample_relative(self, study, trial, search_space):
-        return {}
-
-    def sample_independent(self, study, trial, param_name, param_distribution):
-        return self.params[param_name]
-
-
-@contextlib.contextmanager
-def _sampler(study: optuna.Study, sampler: optuna.samplers.BaseSampler) -> Iterator[None]:
-    saved, study.sampler = study.sampler, sampler
-    try:
-        yield
-    finally:
-        study.sampler = saved
-
-
-def hydra_value(value: Any) -> str:
-    """A sampled value written so that Hydra's override grammar reads it back unchanged."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, int):
-        return str(value)
-    text = str(value)
-    return text if text.replace("_", "").replace("-", "").replace(".", "").isalnum() \
-        else "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def _pid_alive(pid: Any) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, ValueError, TypeError):
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _owner_died(t: FrozenTrial, host: str) -> bool:
-    """The trial's job or sweeper process was on this host and is gone."""
-    owner_pid = t.user_attrs.get("pid", t.user_attrs.get("sweeper_pid"))
-    owner_host = t.user_attrs.get("host", t.user_attrs.get("sweeper_host"))
-    return owner_host == host and not _pid_alive(owner_pid)
-
-
-def _trial(study: optuna.Study, number: int) -> FrozenTrial:
-    return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
-
-
-def _params(t: FrozenTrial) -> Dict[str, Any]:
-    """A trial's configuration; an enqueued (WAITING) trial's is still in its system attrs."""
-    return t.params or dict(t.system_attrs.get("fixed_params") or {})
-
-
 class SweeperImpl:
     def __init__(self, settings: Mapping[str, Any]):
         self.settings: Dict[str, Any] = plain(dict(settings))
         self.config: Optional[DictConfig] = None
         self.launcher = None
         self.hydra_context: Optional[HydraContext] = None
-        self.seed = 0  # the study's sampler seed, set by open_study
+        self.proposer: Optional[Proposer] = None  # set by open_study (it needs the seed)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
@@ -273,9 +96,11 @@ class SweeperImpl:
 
     def open_study(self, space: SearchSpace) -> optuna.Study:
         s = self.settings
-        self.seed = s["seed"] if s["seed"] is not None else int(self.config.get("seed", 0))
+        seed = s["seed"] if s["seed"] is not None else int(self.config.get("seed", 0))
         objectives = self._objectives()
-        sampler = self._sampler(space)
+        self.proposer = Proposer(s["sampler"], dict(s["sampler_kwargs"] or {}), seed,
+                                 len(objectives) > 1)
+        sampler = self.proposer.sampler(space)
         pruner_spec = {"name": s["pruner"], "kwargs": dict(s["pruner_kwargs"] or {})}
         try:
             pruner = build_pruner(pruner_spec["name"], pruner_spec["kwargs"])
@@ -293,92 +118,22 @@ class SweeperImpl:
         study.set_user_attr(HEARTBEAT_ATTR, int(s["heartbeat_interval"]))
         return study
 
-    def _sampler(self, space: SearchSpace, draw_seed: Optional[int] = None
-                 ) -> optuna.samplers.BaseSampler:
-        s = self.settings
-        return build_sampler(s["sampler"], dict(s["sampler_kwargs"] or {}), self.seed, space,
-                             len(self._objectives()) > 1, draw_seed)
-
     def fail_dead_trials(self, study: optuna.Study) -> List[int]:
         """RUNNING trials of dead processes on this host -> FAIL (and their MLflow runs)."""
         host = socket.gethostname()
         failed = []
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if _owner_died(t, host):
-                study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            if owner_died(t, host):
+                tell_fail(study, t.number)
                 failed.append(t.number)
         failed += optuna.storages.fail_stale_trials(study) or []
         if failed:
             log.warning("Trials %s were left RUNNING by a process that died: now FAIL", failed)
         return failed
 
-    # -- one proposal ------------------------------------------------------------
     def propose(self, study: optuna.Study, space: SearchSpace) -> optuna.trial.Trial:
-        """A new RUNNING trial whose params no COMPLETE, PRUNED, RUNNING or WAITING trial
-        of the study has; raises SpaceExhausted if a discrete space has none left."""
-        points = finite_points(space.distributions)
-        if points is not None and not {config_key(p) for p in points} - self._taken(study, -1):
-            raise SpaceExhausted(f"all {len(points)} configurations of the search space "
-                                 "have run or are running")
-        trial = study.ask()  # its number first: the draw's seed depends on it
-        trial.set_user_attr("sweeper_host", socket.gethostname())
-        trial.set_user_attr("sweeper_pid", os.getpid())
-        self._wait_for_earlier(study, trial.number)
-        params = self._draw_new(study, space, trial.number, points)
-        with _sampler(study, _Chosen(params or {})):  # no sampler hook runs on these calls
-            if params is None:  # a race with another process for the last points
-                trial.set_user_attr("fail_reason", "search space exhausted")
-                study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-                raise SpaceExhausted("another process took the last configurations")
-            for name, distribution in space.distributions.items():
-                suggest(trial, name, distribution)
-        chosen = [f"{k}={hydra_value(v)}" for k, v in trial.params.items()]
-        trial.set_user_attr("overrides", space.fixed + chosen)  # the proposal is complete
-        return trial
-
-    def _wait_for_earlier(self, study: optuna.Study, number: int) -> None:
-        """Until every earlier trial has all its params: trial n is drawn after trials
-        0..n-1, so it can avoid them all, whichever process proposes them."""
-        host, deadline = socket.gethostname(), time.monotonic() + EARLIER_TRIALS_WAIT
-        while True:
-            pending = [t.number for t in study.get_trials(deepcopy=False,
-                                                         states=(TrialState.RUNNING,))
-                       if t.number < number and "overrides" not in t.user_attrs
-                       and not _owner_died(t, host)]
-            if not pending:
-                return
-            if time.monotonic() > deadline:
-                log.warning("trial %d: trials %s still have no params after %.0f s; drawing "
-                            "without them", number, pending, EARLIER_TRIALS_WAIT)
-                return
-            time.sleep(0.05)
-
-    def _taken(self, study: optuna.Study, number: int) -> Set[Tuple]:
-        return {config_key(_params(t)) for t in study.get_trials(deepcopy=False, states=TAKEN)
-                if t.number != number}
-
-    def _draw_new(self, study: optuna.Study, space: SearchSpace, number: int,
-                  points: Optional[List[Dict[str, Any]]]) -> Optional[Dict[str, Any]]:
-        """Draws of a sampler seeded from (seed, number, attempt) until one is new; after
-        MAX_DRAWS, a free point of a discrete space, picked with the same kind of seed."""
-        taken = self._taken(study, number)
-        trial = _trial(study, number)  # with what ask() stored (GridSampler: its grid_id)
-        for attempt in range(MAX_DRAWS):
-            sampler = self._sampler(space, trial_seed(self.seed, number, attempt))
-            params = draw(sampler, study, trial, space.distributions)
-            if config_key(params) not in taken:
-                if attempt:
-                    log.info("trial %d: %d draw(s) repeated earlier trials", number, attempt)
-                return params
-        free = [p for p in points or [] if config_key(p) not in taken]
-        if free:
-            log.info("trial %d: %d draws repeated earlier trials; taking one of the %d free "
-                     "configurations", number, MAX_DRAWS, len(free))
-            return random.Random(trial_seed(self.seed, number, MAX_DRAWS)).choice(free)
-        if points is None:
-            raise SweepAborted(f"trial {number}: {MAX_DRAWS} draws of hydra.sweeper.sampler="
-                               f"{self.settings['sampler']} all repeated earlier trials")
-        return None
+        """The next trial, with its params (``Proposer.propose``); after ``open_study``."""
+        return self.proposer.propose(study, space)
 
     # -- one trial ---------------------------------------------------------------
     def _link_overrides(self, study: optuna.Study, number: int, parent: Optional[str]) -> List[str]:
@@ -400,16 +155,14 @@ class SweeperImpl:
             self.validate(overrides)
             result = self.launcher.launch([overrides], initial_job_idx=trial.number)[0]
         except Exception as error:  # composition errors: this trial FAILs, the sweep goes on
-            trial.set_user_attr("fail_reason", f"{type(error).__name__}: {error}"[:1000])
-            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+            tell_fail(study, trial, f"{type(error).__name__}: {error}")
             log.error("trial %d could not start: %s", trial.number, error)
             return None
-        frozen = _trial(study, trial.number)
+        frozen = frozen_trial(study, trial.number)
         if frozen.state == TrialState.RUNNING:  # the job died before telling
             reason = result._return_value if result.status == JobStatus.FAILED else "no result"
-            trial.set_user_attr("fail_reason", f"{reason}"[:1000])
-            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-            frozen = _trial(study, trial.number)
+            tell_fail(study, trial, str(reason))
+            frozen = frozen_trial(study, trial.number)
         self._log_outcome(study, frozen)
         return result
 
@@ -417,7 +170,7 @@ class SweeperImpl:
         self.hydra_context.config_loader.load_sweep_config(
             master_config=self.config, sweep_overrides=list(overrides))
 
-    def _log_outcome(self, study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+    def _log_outcome(self, study: optuna.Study, t: FrozenTrial) -> None:
         done = len(study.get_trials(deepcopy=False, states=FINISHED))
         value = ", ".join(f"{v:.4f}" for v in t.values) if t.values else "-"
         reason = t.user_attrs.get("fail_reason", "") if t.state == TrialState.FAIL else ""
