@@ -68,7 +68,7 @@ def test_sweep_resume_and_extend(tmp_path: Path) -> None:
     parent = parents[0]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 4
-    assert parent.data.params["sampler"] == "tpe" and parent.data.params["pruner"] == "median"
+    assert parent.data.params["sampler"] == "tpe" and parent.data.params["pruner"] == "paired_median"
     assert "search.optimizer.lr" in parent.data.params
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/leaderboard.csv", "report/leaderboard.md", "report/best_config.yaml",
@@ -108,7 +108,7 @@ def test_pruning_stops_bad_learning_rates_early(tmp_path: Path) -> None:
     for t in pruned:
         run_ = by_trial[str(t.number)]
         assert run_.info.status == "KILLED" and run_.data.tags["sweep.state"] == "PRUNED"
-        assert t.number >= 1  # the median pruner's default here: 1 startup trial
+        assert t.number >= 1  # the default pruner: 1 startup trial
 
 
 def test_the_jobs_prune_with_the_configured_pruner(tmp_path: Path) -> None:

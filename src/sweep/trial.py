@@ -202,7 +202,9 @@ def run_trial(
         tracker.log_metrics({"best_val_loss": result.best_val_loss,
                              "best_val_loss_se": result.best_val_loss_se,
                              "best_step": result.best_step,
-                             "best_iteration": result.best_iteration}, result.iterations)
+                             "best_iteration": result.best_iteration,
+                             "train_seconds": result.train_seconds,
+                             "eval_seconds": result.eval_seconds}, result.iterations)
         tracker.log_artifacts(adapter_dir, "adapter")
     except TrialStopped as stop:
         if (adapter_dir / "adapters.safetensors").exists():
@@ -220,7 +222,8 @@ def run_trial(
     tracker.end("FINISHED")
     seconds = time.perf_counter() - started
     log.info("best val_loss %.4f +- %.4f (ppl %.2f; whole validation split) at step %d; "
-             "adapter: %s; %.1f s", result.best_val_loss, result.best_val_loss_se,
-             math.exp(result.best_val_loss), result.best_step, adapter_dir, seconds)
+             "adapter: %s; %.1f s (training %.1f s, evaluation %.1f s)", result.best_val_loss,
+             result.best_val_loss_se, math.exp(result.best_val_loss), result.best_step,
+             adapter_dir, seconds, result.train_seconds, result.eval_seconds)
     return TrialResult(result.best_val_loss, result.best_step, adapter_dir, loaded.path,
                        tracker.run_id, n_trainable, result, seconds)

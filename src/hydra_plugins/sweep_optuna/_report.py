@@ -35,6 +35,12 @@ def _fmt(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _with_se(row: Dict[str, Any], name: str) -> str:
+    se = row.get("val_loss_se") if name == "val_loss" else None
+    return _fmt(row[name]) + (f" +- {se:.3f}" if se is not None and row[name] is not None
+                              and math.isfinite(se) else "")
+
+
 def leaderboard(study: optuna.Study) -> List[Dict[str, Any]]:
     """One row per trial, best first: complete by value, then pruned, then failed."""
     objectives = study.user_attrs.get("objectives", ["value"])
@@ -51,6 +57,7 @@ def leaderboard(study: optuna.Study) -> List[Dict[str, Any]]:
         row: Dict[str, Any] = {"rank": rank, "trial": t.number, "state": t.state.name}
         for i, name in enumerate(objectives):
             row[name] = t.values[i] if t.values and len(t.values) > i else None
+        row["val_loss_se"] = t.user_attrs.get("val_loss_se")  # of the whole-split value
         if t.intermediate_values:
             row["last_reported"] = t.intermediate_values[max(t.intermediate_values)]
             row["reported_at_iter"] = max(t.intermediate_values)
@@ -259,13 +266,16 @@ class StudyReport:
             table.add_column(column, justify="left" if column == "state" else "right")
         for row in rows:
             table.add_row(str(row["rank"]), str(row["trial"]), row["state"],
-                          *(_fmt(row[o]) for o in objectives), _fmt(row["last_reported"]),
+                          *(_with_se(row, o) for o in objectives), _fmt(row["last_reported"]),
                           *(_fmt(row[p]) for p in params), _fmt(row["seconds"]))
         console.print(table)
         if best:
             console.print(f"best trial {best[0].number}: "
                           + " ".join(f"{k}={_fmt(v)}" for k, v in best[0].params.items())
-                          + f"  ->  {', '.join(f'{v:.4f}' for v in best[0].values)}")
+                          + f"  ->  {', '.join(f'{v:.4f}' for v in best[0].values)}"
+                          + (f" +- {best[0].user_attrs['val_loss_se']:.4f} (val_loss over the "
+                             "whole validation split)" if "val_loss_se" in best[0].user_attrs
+                             else ""))
             console.print(f"best config: {self.folder / 'best_config.yaml'}")
             if (self.folder / "best_adapter").is_dir():
                 console.print(f"best adapter: {self.folder / 'best_adapter'}")

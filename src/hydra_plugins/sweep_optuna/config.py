@@ -44,7 +44,7 @@ class SweepOptunaConf:
     sampler: Sampler = Sampler.tpe
     sampler_kwargs: Dict[str, Any] = field(default_factory=dict)
     seed: Optional[int] = None  # sampler seed; null = the task's `seed`
-    pruner: Pruner = Pruner.median
+    pruner: Pruner = Pruner.paired_median  # chosen by replaying a real grid (bench/)
     pruner_kwargs: Dict[str, Any] = field(default_factory=dict)
     objectives: List[Objective] = field(default_factory=lambda: [Objective.val_loss])
     params: Dict[str, str] = field(default_factory=dict)  # the search space
