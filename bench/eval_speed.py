@@ -62,7 +62,7 @@ def main() -> None:
             f"{batched.seconds:.1f} s"),
         Row("speed-up", speedup, "x"),
         Row("base + adapter answers, whole test split", both, "s", "~120 s", both <= 150,
-            "twice the batched time (the adapter adds LoRA's small matmuls)"),
+            "twice the batched time (sweep-eval fuses the adapter for decoding)"),
         Row("same answer batched and one at a time", same / max(len(subset), 1), "",
             detail=f"{same} of {len(subset)} (greedy; batching pads and may round "
                    "differently)"),

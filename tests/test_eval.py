@@ -87,7 +87,8 @@ def test_best_trial_is_evaluated_after_the_sweep(swept) -> None:
         assert name in metrics and f"base_{name}" in metrics
     assert metrics["test_examples"] == 10 and metrics["test_loss"] < metrics["base_test_loss"]
     assert "delta_test_loss_se" in metrics
-    table = client.download_artifacts(best.user_attrs["mlflow_run_id"], "eval/answers.json")
+    run = client.get_run(best.user_attrs["mlflow_run_id"])
+    table = client.download_artifacts(run.info.run_id, run.data.tags["sweep.eval_table"])
     rows = json.loads(Path(table).read_text())
     assert {"question", "reference", "base_answer", "adapter_answer", "adapter_rougeL"} <= \
         set(rows["columns"]) and len(rows["data"]) == 10
@@ -102,6 +103,12 @@ def test_sweep_eval_command(swept) -> None:
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "10 test examples (loss), 3 answered" in out.stdout
+    client = MlflowClient(f"sqlite:///{tmp}/m.db")
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp}/o.db")
+    run = client.get_run(study.best_trial.user_attrs["mlflow_run_id"])
+    table = json.loads(Path(client.download_artifacts(
+        run.info.run_id, run.data.tags["sweep.eval_table"])).read_text())
+    assert len(table["data"]) == 3  # this evaluation's own table, not appended to
     assert "adapter - base" in out.stdout and "test_rougeL" in out.stdout
     # the same adapter by its MLflow run id; base model skipped
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp}/o.db")

@@ -45,7 +45,10 @@ def test_paired_difference_cancels_the_examples_difficulty() -> None:
     b = example_record([0, 1, 2, 3], [1.0, 3.0, 5.0, 2.0], [2, 2, 2, 2])
     difference, se = paired_difference(a, b)
     assert difference == pytest.approx(0.1)  # (0.1 + 0.1 + 0.2 + 0) / 4
+    # equal token counts: the delta-method se is the plain one, sd(d) / sqrt(m)
     assert se == pytest.approx(np.std([0.1, 0.1, 0.2, 0.0], ddof=1) / 2)
+    other_split = example_record([0, 1, 2, 3], [1.0, 3.0, 5.0, 2.0], [2, 3, 2, 2])
+    assert paired_difference(a, other_split) is None  # not the same examples
     unpaired = token_weighted(a["l"], a["n"])[1]
     assert se < unpaired / 10
 

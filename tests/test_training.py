@@ -180,7 +180,9 @@ def test_events_and_the_best_adapter_is_kept(tiny, tmp_path: Path) -> None:
     losses = [e.val_loss for e in recorder.evals]
     assert [e.step for e in recorder.evals] == list(range(0, 13))
     assert [r.step for r in recorder.train] == list(range(1, 13))
-    assert result.best_val_loss == min(losses) and losses[-1] > min(losses)
+    assert result.best_val_loss == min(losses)
+    assert recorder.evals[-1].val_loss == result.best_val_loss  # the objective, logged last
+    assert recorder.evals[-1].last_val_loss > result.best_val_loss  # the last weights
     # one checkpoint per improvement, then the final choice (on the whole split)
     assert [c.step for c in recorder.checkpoints[:-1]] == \
         [e.step for e in recorder.evals if e.is_best and not e.final]

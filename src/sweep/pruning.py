@@ -42,14 +42,17 @@ def example_record(indexes: Sequence[int], losses: Sequence[float],
 
 def paired_difference(a: Dict[str, Any], b: Dict[str, Any]) -> Optional[Tuple[float, float]]:
     """(loss of ``a`` - loss of ``b``, its standard error) over the examples both scored,
-    token-weighted; None when they share fewer than 2 examples."""
+    token-weighted (the delta method, as :func:`sweep.stats.token_weighted`); None when
+    they share fewer than 2 examples, or when the same index has different token counts
+    (another split, tokenizer or ``max_seq_length``: not the same examples)."""
     common, ia, ib = np.intersect1d(a["i"], b["i"], return_indices=True)
     if len(common) < 2:
         return None
+    na, nb = np.asarray(a["n"], float)[ia], np.asarray(b["n"], float)[ib]
+    if not np.array_equal(na, nb):
+        return None
     la, lb = np.asarray(a["l"], float)[ia], np.asarray(b["l"], float)[ib]
-    n = np.asarray(a["n"], float)[ia]
-    d = n * (la - lb) / n.mean()  # mean(d) = token-weighted loss of a - that of b
-    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
+    return token_weighted(la - lb, na)
 
 
 class PairedMedianPruner(BasePruner):

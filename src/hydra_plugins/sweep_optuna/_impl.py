@@ -270,8 +270,10 @@ class SweeperImpl:
             del cfg["hydra"]
         try:
             result = evaluate_target(cfg)
-        except (SweepError, OSError) as error:
-            log.warning("held-out evaluation of best trial %d failed: %s", best.number, error)
+        except Exception as error:  # the sweep itself is done and recorded
+            kind = "" if isinstance(error, SweepError) else f"{type(error).__name__}: "
+            log.warning("held-out evaluation of best trial %d failed: %s%s (run sweep-eval "
+                        "target=<this sweep's folder> to retry)", best.number, kind, error)
             return
         study.set_user_attr(EVALUATED_ATTR, best.number)
         print(summary(result), flush=True)

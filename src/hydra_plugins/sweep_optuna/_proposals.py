@@ -248,8 +248,12 @@ class Proposer:
         trial = study.ask()  # its number first: the draw's seed depends on it
         trial.set_user_attr("sweeper_host", socket.gethostname())
         trial.set_user_attr("sweeper_pid", os.getpid())
-        self._wait_for_earlier(study, trial.number)
-        params = self._draw_new(study, space, trial.number, points)
+        try:
+            self._wait_for_earlier(study, trial.number)
+            params = self._draw_new(study, space, trial.number, points)
+        except BaseException as error:  # never leave an asked trial RUNNING
+            tell_fail(study, trial, f"no proposal: {type(error).__name__}: {error}")
+            raise
         if params is None:  # a race with another process for the last points
             tell_fail(study, trial, "search space exhausted")
             raise SpaceExhausted("another process took the last configurations")

@@ -129,6 +129,7 @@ def truncation(dataset: CacheDataset, max_seq_length: int) -> Truncation:
     long = []
     for i in range(len(dataset)):
         ids, offset = dataset[i]
+        offset = max(offset, 1)  # targets start at position 1 (the first token has none)
         full = max(len(ids) - min(offset, len(ids)), 0)
         length = min(len(ids), max_seq_length)
         kept = max(length - min(offset, length), 0)

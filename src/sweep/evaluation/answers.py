@@ -9,10 +9,11 @@ measures both side by side).
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, List, Sequence
+from typing import Any, Iterator, List, Sequence
 
-__all__ = ["Question", "questions", "Answers", "generate_answers"]
+__all__ = ["Question", "questions", "Answers", "generate_answers", "fused_adapters"]
 
 
 @dataclass(frozen=True)
@@ -63,3 +64,29 @@ def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]
     tokens = sum(len(ids) for ids in response.token_ids)
     return Answers([t.strip() for t in response.texts], tokens, seconds)
 
+
+
+@contextmanager
+def fused_adapters(model: Any) -> Iterator[None]:
+    """Meanwhile, each float LoRA layer is replaced by one linear layer holding
+    ``W + scale * B A`` (mlx-lm's own ``fuse``), so decoding runs no extra matmuls;
+    the LoRA layers are put back after. Quantized layers stay unfused (fusing would
+    re-quantize, and answers would then differ from the adapter's own)."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx.utils import tree_unflatten
+
+    originals, fused = [], []
+    for name, module in model.named_modules():
+        if hasattr(module, "fuse") and isinstance(getattr(module, "linear", None), nn.Linear) \
+                and not isinstance(module.linear, nn.QuantizedLinear):
+            originals.append((name, module))
+            fused.append((name, module.fuse()))
+    if fused:
+        model.update_modules(tree_unflatten(fused))
+        mx.eval(model.parameters())
+    try:
+        yield
+    finally:
+        if originals:
+            model.update_modules(tree_unflatten(originals))

@@ -39,7 +39,8 @@ class Side:
 
     def metrics(self, prefix: str = "") -> Dict[str, float]:
         out = {f"{prefix}test_loss": self.loss.loss, f"{prefix}test_loss_se": self.loss.se,
-               f"{prefix}test_ppl": self.loss.ppl}
+               f"{prefix}test_ppl": self.loss.ppl,
+               f"{prefix}test_ppl_se": self.loss.ppl * self.loss.se}  # delta method
         out.update({f"{prefix}test_{k}": v for k, v in self.scores.items()})
         return out
 
@@ -67,17 +68,24 @@ def trial_config(target_config: Optional[DictConfig], cfg: DictConfig,
     merged = OmegaConf.merge(cfg, target_config)  # keys new since training come from cfg
     with open_dict(merged):
         for override in overrides:
-            key = override.split("=", 1)[0].lstrip("+~")
+            key = override.split("=", 1)[0]
+            delete, key = key.startswith("~"), key.lstrip("+~")
             if key.startswith("hydra.") or key.startswith("hydra/"):
                 continue
             key = key.split("@")[0].replace("/", ".")
+            if delete:
+                parent, _, leaf = key.rpartition(".")
+                node = OmegaConf.select(merged, parent) if parent else merged
+                if node is not None and leaf in node:
+                    del node[leaf]
+                continue
             value = OmegaConf.select(cfg, key, default=None)
             OmegaConf.update(merged, key, value, merge=False)
     return merged
 
 
 def _side(model, tokenizer, test_set, qs, typed, label: str) -> Side:
-    from sweep.evaluation.answers import generate_answers
+    from sweep.evaluation.answers import fused_adapters, generate_answers
     from sweep.evaluation.metrics import aggregate, score_item
     from sweep.training.cpu_ops import fusable_ops_on_cpu
     from sweep.training.scoring import score
@@ -85,8 +93,9 @@ def _side(model, tokenizer, test_set, qs, typed, label: str) -> Side:
     start = time.perf_counter()
     with fusable_ops_on_cpu(model):
         loss = score(model, test_set, typed.train.batch_size, typed.train.max_seq_length)
-    answers = generate_answers(model, tokenizer, [q.prompt for q in qs], typed.eval.max_tokens,
-                               typed.eval.batch_size)
+    with fused_adapters(model):
+        answers = generate_answers(model, tokenizer, [q.prompt for q in qs],
+                                   typed.eval.max_tokens, typed.eval.batch_size)
     items = [score_item(a, q.reference) for a, q in zip(answers.texts, qs)]
     scores = aggregate(items, answers.texts, [q.reference for q in qs],
                        n_boot=typed.eval.bootstrap)
@@ -107,13 +116,26 @@ def _differences(base: Side, adapter: Side, qs, n_boot: int) -> Dict[str, tuple]
         example_record(base.loss.indexes, base.loss.losses, base.loss.counts))
     if loss is not None:
         out["test_loss"] = loss
-        out["test_ppl"] = (adapter.loss.ppl - base.loss.ppl, math.nan)
+        out["test_ppl"] = (adapter.loss.ppl - base.loss.ppl, _ppl_difference_se(base, adapter))
     references = [q.reference for q in qs]
     for metric in METRICS:
         out[f"test_{metric}"] = metric_difference(
             base.items, adapter.items, metric, base_predictions=base.answers,
             adapter_predictions=adapter.answers, references=references, n_boot=n_boot)
     return out
+
+
+def _ppl_difference_se(base: Side, adapter: Side) -> float:
+    """Paired standard error of ppl_adapter - ppl_base (delta method: each example's
+    contribution to each token-weighted loss, times that model's perplexity)."""
+    import numpy as np
+
+    a, b = adapter.loss, base.loss
+    if not np.array_equal(a.indexes, b.indexes) or len(a.indexes) < 2:
+        return math.nan
+    n = a.counts
+    r = (a.ppl * n * (a.losses - a.loss) - b.ppl * n * (b.losses - b.loss)) / n.mean()
+    return float(math.sqrt((r ** 2).sum() / (len(r) * (len(r) - 1))))
 
 
 def evaluate_target(cfg: DictConfig, overrides: Sequence[str] = ()) -> HeldOut:
@@ -179,7 +201,12 @@ def _log(tracking_uri: str, result: HeldOut) -> None:
     client.log_batch(result.run_id, metrics=[
         Metric(k, float(v), now, 0) for k, v in metrics.items() if not math.isnan(float(v))])
     columns = {key: [row.get(key) for row in result.rows] for key in result.rows[0]}
-    client.log_table(result.run_id, data=columns, artifact_file="eval/answers.json")
+    # log_table appends to an existing file: one file per evaluation, the tag names it
+    now = time.time()
+    name = (f"eval/answers-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now))}"
+            f"-{int(now * 1000) % 1000:03d}.json")
+    client.log_table(result.run_id, data=columns, artifact_file=name)
+    client.set_tag(result.run_id, "sweep.eval_table", name)
     client.set_tag(result.run_id, "sweep.evaluated", "test split")
 
 
@@ -193,7 +220,7 @@ def summary(result: HeldOut) -> str:
     b = result.base.metrics() if result.base is not None else {}
     lines.append(f"{'metric':<25}{'base':>20}{'adapter':>20}{'adapter - base':>22}")
     for name in names:
-        se = "_se" if name != "test_ppl" else None
+        se = "_se"
 
         def cell(values: Dict[str, float]) -> str:
             if name not in values:

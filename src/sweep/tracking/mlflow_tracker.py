@@ -117,6 +117,8 @@ class MlflowTracker(NullTracker):
         metrics = {"val_loss": report.val_loss, "val_ppl": report.val_ppl}
         if math.isfinite(report.val_loss_se):
             metrics["val_loss_se"] = report.val_loss_se
+        if math.isfinite(report.last_val_loss):  # the last weights, when an earlier won
+            metrics["val_loss_last"] = report.last_val_loss
         self.log_metrics(metrics, report.iteration)
 
     def log_artifacts(self, folder: Path, artifact_path: str) -> None:

@@ -38,6 +38,8 @@ class EvalReport:
     example_losses: Tuple[float, ...] = ()  # the mean loss of each, in that order
     example_tokens: Tuple[int, ...] = ()  # the answer tokens of each
     whole_split: bool = False  # every validation example was scored
+    # final: val_loss is the chosen checkpoint's (the objective); this, the last weights'
+    last_val_loss: float = float("nan")
 
 
 @dataclass(frozen=True)

@@ -257,13 +257,13 @@ def _train(model: nn.Module, optimizer: optim.Optimizer, train_set, val_set,
                 next_eval += settings.eval_every_iters
         else:
             due = step % settings.eval_every == 0
+        if settings.save_every and step % settings.save_every == 0:
+            path = save_adapter(f"step-{step:06d}")  # before final(): it may load the best
+            listener.on_checkpoint(CheckpointReport(step, path, "periodic"))
         if last:
             validation.final(step, iteration, trained, grad_norm, uniform)
         elif due:
             validation.run(step, iteration, trained)
-        if settings.save_every and step % settings.save_every == 0:
-            path = save_adapter(f"step-{step:06d}")
-            listener.on_checkpoint(CheckpointReport(step, path, "periodic"))
     v = validation
     return TrainResult(v.chosen.loss, v.chosen_at[0], step, settings.iters, trained,
                        train_seconds, v.seconds, v.chosen.se, v.chosen_at[1], v.base.loss)

@@ -85,11 +85,11 @@ class Validation:
         return result
 
     def _report(self, result: Score, at, trained: int, is_best: bool, seconds: float,
-                final: bool) -> None:
+                final: bool, last: float = float("nan")) -> None:
         self.listener.on_eval_report(EvalReport(
             at[0], at[1], result.loss, result.ppl, is_best, trained, seconds, final, result.se,
             tuple(int(i) for i in result.indexes), tuple(float(v) for v in result.losses),
-            tuple(int(n) for n in result.counts), final or self.subset == -1))
+            tuple(int(n) for n in result.counts), final or self.subset == -1, last))
 
     def run(self, step: int, iteration: int, trained: int) -> Score:
         """An evaluation during training (step 0: the base model)."""
@@ -126,21 +126,28 @@ class Validation:
                 self.model.load_weights(list(current.items()), strict=False)
         self.seconds += time.perf_counter() - start
         self.chosen, self.chosen_at = chosen, chosen_at
-        self._report(last, (step, iteration), trained, chosen is last,
-                     time.perf_counter() - start, final=True)
+        # logged at the last step: the objective (the chosen checkpoint, whole split), and
+        # the last weights' loss beside it
+        self._report(chosen, (step, iteration), trained, chosen is last,
+                     time.perf_counter() - start, final=True, last=last.loss)
         self.listener.on_checkpoint(
             CheckpointReport(chosen_at[0], self.save_adapter("best"), "best", chosen.loss))
-        self._check(chosen, self.restrict(last), grad_norm, uniform)
+        self._check(chosen_at[0], last, self.restrict(last), grad_norm, uniform)
         return chosen
 
-    def _check(self, chosen: Score, last_on_subset: Score, grad_norm: float,
+    def _check(self, chosen_step: int, last: Score, last_on_subset: Score, grad_norm: float,
                uniform: float) -> None:
         base = self.base.loss
-        if chosen.loss >= uniform and base < uniform:
+        if chosen_step == 0 and last.loss >= uniform and base < uniform:
             raise CollapsedError(
-                f"collapsed: validation loss {chosen.loss:.4f} is at or above ln(vocabulary) "
-                f"{uniform:.4f}, a uniform prediction (base model: {base:.4f}); try a lower "
-                "optimizer.lr")
+                f"collapsed: validation loss {last.loss:.4f} is at or above ln(vocabulary) "
+                f"{uniform:.4f}, a uniform prediction (base model: {base:.4f}), and no "
+                "evaluation improved on the base model; try a lower optimizer.lr")
+        if chosen_step == 0 and last_on_subset.loss > 1.05 * base:
+            raise CollapsedError(
+                f"diverged: validation loss {last_on_subset.loss:.4f} against the base "
+                f"model's {base:.4f}, and no evaluation improved on the base model; try a "
+                "lower optimizer.lr")
         if grad_norm <= 1e-12 and last_on_subset.loss >= base:
             raise CollapsedError(
                 f"learnt nothing: validation loss {last_on_subset.loss:.4f} is not below the "
