@@ -25,11 +25,14 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
+import numpy as np
+
 GRID = {"optimizer.lr": [3e-5, 1e-4, 3e-4, 1e-3], "lora.rank": [4, 16],
         "train.grad_accumulation": [1, 4]}
 Key = Tuple
 Curves = Dict[Key, Dict[str, Any]]  # {"curve": {step: loss}, "examples": {step: record},
 #                                      "objective": whole-split loss, "objective_se": ...}
+MAX_DRAWS = 20  # as the sweeper (_proposals.MAX_DRAWS)
 PRUNER = ("paired_median", {})  # hydra.sweeper.pruner, pruner_kwargs of conf/hparams_search/lora
 PRUNERS = {  # the candidates compared: name -> (hydra.sweeper.pruner, pruner_kwargs)
     "median": ("median", {}),
@@ -95,7 +98,9 @@ def replay(curves: Curves, grid: Dict[str, List], strategy: str, seed: int, iter
            target: float, max_trials: int, pruner=PRUNER) -> Dict[str, Any]:
     """One replayed sweep: micro-batches until the best complete value <= target (inf if
     never), best value after ``max_trials`` trials, their micro-batches, and how many
-    times the grid's best configuration was proposed and pruned."""
+    times the grid's best configuration was proposed and pruned. As in the sweeper, no
+    configuration is proposed twice (a repeat is drawn again; here the repeated trial is
+    told FAIL, which TPE ignores)."""
     import optuna
 
     from sweep.optuna_link import build_pruner
@@ -111,9 +116,22 @@ def replay(curves: Curves, grid: Dict[str, List], strategy: str, seed: int, iter
     true_best = min(curves, key=lambda k: curves[k]["objective"])
     out = {"reached": math.inf, "best": math.inf, "compute": 0, "best_pruned": 0,
            "best_proposed": 0}
+    taken, rng = set(), np.random.default_rng(seed)
     for _ in range(max_trials):
+        if len(taken) == len(curves):
+            break  # the sweeper stops when every point of a discrete space has run
         trial = study.ask(distributions)
         key = tuple(trial.params[k] for k in grid)
+        for attempt in range(MAX_DRAWS + 1):  # the sweeper never repeats a configuration
+            if key not in taken:
+                break
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            if attempt == MAX_DRAWS - 1:  # then, like the sweeper, a free point at random
+                free = [k for k in curves if k not in taken]
+                study.enqueue_trial(dict(zip(grid, free[rng.integers(len(free))])))
+            trial = study.ask(distributions)
+            key = tuple(trial.params[k] for k in grid)
+        taken.add(key)
         seen, pruned = curves[key], False
         out["best_proposed"] += key == true_best
         for step in sorted(s for s in seen["curve"] if 0 < s < iters):

@@ -33,7 +33,7 @@ def app(cfg: DictConfig) -> None:
     print(summary(result), flush=True)
     if result.run_id:
         print(f"logged to MLflow run {result.run_id} (metrics test_*, base_test_*, delta_*; "
-              "table eval/answers.json)")
+              "the answer table under eval/, named by the tag sweep.eval_table)")
 
 
 def main() -> None:
