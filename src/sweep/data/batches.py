@@ -53,25 +53,38 @@ def iterate_batches(
             f"the {name} split has {len(dataset)} example(s), fewer than "
             f"train.batch_size={batch_size}"
         )
-    # Sort by token count (tokenizing once; CacheDataset keeps it). mlx-lm's own
-    # ``itemlen`` measures the raw record (a dict), which does not sort anything.
-    lengths_all = [len(dataset[i][0]) for i in range(len(dataset))]
-    order = sorted(range(len(dataset)), key=lengths_all.__getitem__)
+    order = _by_length(dataset)
     groups = [order[i:i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
     while True:
         sequence = rng.permutation(len(groups)) if rng is not None else range(len(groups))
         for g in sequence:
-            items = [dataset[j] for j in groups[g]]
-            lengths = [min(len(tokens), max_seq_length) for tokens, _ in items]
-            width = min(PAD_MULTIPLE * -(-max(lengths) // PAD_MULTIPLE) + 1, max_seq_length)
-            tokens = np.zeros((batch_size, width), np.int32)
-            bounds = np.zeros((batch_size, 2), np.int32)
-            for row, ((ids, offset), length) in enumerate(zip(items, lengths)):
-                tokens[row, :length] = ids[:length]
-                bounds[row] = (min(offset, length), length)
-            yield mx.array(tokens), mx.array(bounds), int(sum(lengths))
+            tokens, bounds, _, n_tokens = _pack(dataset, groups[g], batch_size, max_seq_length)
+            yield mx.array(tokens), mx.array(bounds), n_tokens
         if not loop:
             return
+
+
+def _by_length(dataset: CacheDataset) -> List[int]:
+    """Example indexes sorted by token count (tokenizing once; CacheDataset keeps it).
+    mlx-lm's own ``itemlen`` measures the raw record (a dict), which sorts nothing."""
+    lengths = [len(dataset[i][0]) for i in range(len(dataset))]
+    return sorted(range(len(dataset)), key=lengths.__getitem__)
+
+
+def _pack(dataset: CacheDataset, group: Sequence[int], batch_size: int, max_seq_length: int):
+    """One padded batch: tokens [B, L], (offset, length) bounds [B, 2], the example
+    indexes [B] (-1 for empty rows) and the number of real tokens."""
+    items = [dataset[j] for j in group]
+    lengths = [min(len(tokens), max_seq_length) for tokens, _ in items]
+    width = min(PAD_MULTIPLE * -(-max(lengths) // PAD_MULTIPLE) + 1, max_seq_length)
+    tokens = np.zeros((batch_size, width), np.int32)
+    bounds = np.zeros((batch_size, 2), np.int32)
+    indexes = np.full(batch_size, -1, np.int64)
+    for row, ((ids, offset), length) in enumerate(zip(items, lengths)):
+        tokens[row, :length] = ids[:length]
+        bounds[row] = (min(offset, length), length)
+        indexes[row] = group[row]
+    return tokens, bounds, indexes, int(sum(lengths))
 
 
 def eval_batches(
@@ -84,24 +97,14 @@ def eval_batches(
     once, in a fixed order: sorted by length, full batches shuffled by a fixed seed, then
     the partial one (padded with empty rows, index -1). ``max_batches`` > 0 keeps the first ones:
     the same subset at every evaluation."""
-    lengths_all = [len(dataset[i][0]) for i in range(len(dataset))]
-    order = sorted(range(len(dataset)), key=lengths_all.__getitem__)
+    order = _by_length(dataset)
     groups = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     full = len(order) // batch_size  # the partial batch (if any) comes last
     sequence = list(np.random.default_rng(0).permutation(full)) + list(range(full, len(groups)))
     if max_batches > 0:
         sequence = sequence[:max_batches]
     for g in sequence:
-        items = [dataset[j] for j in groups[g]]
-        lengths = [min(len(tokens), max_seq_length) for tokens, _ in items]
-        width = min(PAD_MULTIPLE * -(-max(lengths) // PAD_MULTIPLE) + 1, max_seq_length)
-        tokens = np.zeros((batch_size, width), np.int32)
-        bounds = np.zeros((batch_size, 2), np.int32)
-        indexes = np.full(batch_size, -1, np.int64)
-        for row, ((ids, offset), length) in enumerate(zip(items, lengths)):
-            tokens[row, :length] = ids[:length]
-            bounds[row] = (min(offset, length), length)
-            indexes[row] = groups[g][row]
+        tokens, bounds, indexes, _ = _pack(dataset, groups[g], batch_size, max_seq_length)
         yield mx.array(tokens), mx.array(bounds), indexes
 
 
