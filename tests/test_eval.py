@@ -118,6 +118,15 @@ def test_sweep_eval_command(swept) -> None:
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "2 answered" in out.stdout
+    moved = tmp / "moved_sweep"  # a sweep whose relative SQLite path is not found from here
+    moved.mkdir(exist_ok=True)
+    (moved / "multirun.yaml").write_text(
+        "hydra:\n  sweeper:\n    storage: sqlite:///mlruns-elsewhere/o.db\n"
+        "    study_name: s\n")
+    elsewhere = subprocess.run([*EVAL, f"target={moved}", *common], cwd=tmp,
+                               capture_output=True, text=True, timeout=600)
+    assert elsewhere.returncode == 2 and "does not exist" in elsewhere.stdout + elsewhere.stderr
+    assert not (tmp / "mlruns-elsewhere").exists()  # no empty database left behind
     bad = subprocess.run([*EVAL, f"target={tmp}/nothing-here", *common], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "no such folder" in bad.stdout + bad.stderr

@@ -67,9 +67,15 @@ def _from_sweep(folder: Path, spec: str, client) -> Target:
     import optuna
     from optuna.trial import TrialState
 
+    from sweep.paths import sqlite_file
+
     saved = OmegaConf.load(folder / "multirun.yaml")
     storage = OmegaConf.select(saved, "hydra.sweeper.storage")
     name = OmegaConf.select(saved, "hydra.sweeper.study_name")
+    database = sqlite_file(str(storage))
+    if database is not None and not database.is_file():  # SQLite would create an empty one
+        raise TargetError(f"target={spec}: its study's database {database} does not exist "
+                          "(run from the folder the sweep ran in, or name the trial's run id)")
     try:
         study = optuna.load_study(study_name=str(name), storage=str(storage))
     except Exception as error:
