@@ -11,11 +11,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, List, Optional
+from typing import List, Optional
 
 from omegaconf import MISSING
 
-from sweep.errors import SweepError
+from sweep.config.checks import ConfigError, require as _require
+from sweep.config.commands import ChatConfig, EvalConfig, ExportConfig, RegistryConfig
 
 __all__ = [
     "ConfigError",
@@ -34,17 +35,11 @@ __all__ = [
     "MlflowConfig",
     "TrialLink",
     "EvalConfig",
+    "ExportConfig",
+    "ChatConfig",
+    "RegistryConfig",
     "SweepConfig",
 ]
-
-
-class ConfigError(SweepError):
-    """A config value is out of range or inconsistent; the message names the key."""
-
-
-def _require(ok: bool, key: str, message: str, value: Any) -> None:
-    if not ok:
-        raise ConfigError(f"{key}={value!r}: {message}")
 
 
 class ModelSource(Enum):
@@ -288,27 +283,6 @@ class MlflowConfig:
 
 
 @dataclass
-class EvalConfig:
-    """Held-out evaluation (``sweep-eval``, and the best trial at the end of a sweep)."""
-
-    after_sweep: bool = True  # evaluate the best trial when a sweep finishes
-    base: bool = True  # also evaluate the base model, to compare
-    max_examples: Optional[int] = None  # questions answered (loss always covers the split)
-    # per answer, greedy: the shipped set's reference answers are ~57 tokens on average,
-    # and an answer that has not ended by 128 tokens is rambling
-    max_tokens: int = 128
-    batch_size: int = 128  # answers decoded at once (continuous batching)
-    bootstrap: int = 1000  # resamples for the uncertainty of corpus-level scores
-    log_to_mlflow: bool = True  # metrics and the answer table on the evaluated run
-
-    def __post_init__(self) -> None:
-        _require(self.max_examples is None or self.max_examples > 0, "eval.max_examples",
-                 "must be null (every test question) or > 0", self.max_examples)
-        for key in ("max_tokens", "batch_size", "bootstrap"):
-            _require(getattr(self, key) > 0, f"eval.{key}", "must be > 0", getattr(self, key))
-
-
-@dataclass
 class TrialLink:
     """Set by the sweeper for each job (not by users): which Optuna trial this job is."""
 
@@ -330,9 +304,18 @@ class SweepConfig:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     trial: TrialLink = field(default_factory=TrialLink)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    chat: ChatConfig = field(default_factory=ChatConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
     # sweep-eval / sweep-export / sweep-chat: a sweep's output folder (its best trial), an
     # MLflow run id, or an adapter folder
     target: Optional[str] = None
+    # sweep-export: the folder that receives the fused model and the GGUF file
+    output: Optional[str] = None
+    # sweep-chat: one answer to this prompt, printed (no terminal session)
+    prompt: Optional[str] = None
+    # sweep-chat: null = the target's adapter; "none" = the base model alone, to compare
+    adapter: Optional[str] = None
     seed: int = 42
     # Where imported models are cached; null = $SWEEP_CACHE or ~/.cache/sweep
     cache_dir: Optional[str] = None

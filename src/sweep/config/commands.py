@@ -1,0 +1,80 @@
+"""Schemas of the commands that use a trained adapter: ``sweep-eval`` (``eval.*``),
+``sweep-export`` (``export.*``), ``sweep-chat`` (``chat.*``) and the model registry that a
+sweep's winner is registered in (``registry.*``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from sweep.config.checks import require as _require
+
+__all__ = ["EvalConfig", "ExportConfig", "ChatConfig", "RegistryConfig"]
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation (``sweep-eval``, and the best trial at the end of a sweep)."""
+
+    after_sweep: bool = True  # evaluate the best trial when a sweep finishes
+    base: bool = True  # also evaluate the base model, to compare
+    max_examples: Optional[int] = None  # questions answered (loss always covers the split)
+    # per answer, greedy: the shipped set's reference answers are ~57 tokens on average,
+    # and an answer that has not ended by 128 tokens is rambling
+    max_tokens: int = 128
+    batch_size: int = 128  # answers decoded at once (continuous batching)
+    bootstrap: int = 1000  # resamples for the uncertainty of corpus-level scores
+    log_to_mlflow: bool = True  # metrics and the answer table on the evaluated run
+
+    def __post_init__(self) -> None:
+        _require(self.max_examples is None or self.max_examples > 0, "eval.max_examples",
+                 "must be null (every test question) or > 0", self.max_examples)
+        for key in ("max_tokens", "batch_size", "bootstrap"):
+            _require(getattr(self, key) > 0, f"eval.{key}", "must be > 0", getattr(self, key))
+
+
+@dataclass
+class ExportConfig:
+    """``sweep-export target=... output=DIR``: a fused mlx-lm model folder and a GGUF file."""
+
+    gguf: bool = True  # also write <output>/model.gguf where mlx-lm supports the architecture
+    # on a quantized base: false keeps the fused folder quantized (mlx-lm re-quantizes
+    # W + scale * B A with the base's bits); true writes float weights. The GGUF is always
+    # written from float weights (mlx-lm's GGUF writer takes no quantized tensors).
+    dequantize: bool = False
+    check_prompts: int = 3  # test questions whose greedy answers the read-back GGUF must match
+    check_tokens: int = 48  # tokens per checked answer
+    overwrite: bool = False  # replace an existing export in output=
+
+    def __post_init__(self) -> None:
+        _require(self.check_prompts >= 0, "export.check_prompts", "must be >= 0 (0 = no check)",
+                 self.check_prompts)
+        _require(self.check_tokens > 0, "export.check_tokens", "must be > 0", self.check_tokens)
+
+
+@dataclass
+class ChatConfig:
+    """``sweep-chat target=...``: answers streamed in the terminal (``prompt=`` for one)."""
+
+    system: Optional[str] = None  # a system message at the start of every conversation
+    max_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    history: bool = True  # earlier turns are part of the next prompt
+
+    def __post_init__(self) -> None:
+        _require(self.max_tokens > 0, "chat.max_tokens", "must be > 0", self.max_tokens)
+        _require(self.temperature >= 0, "chat.temperature", "must be >= 0", self.temperature)
+        _require(0 < self.top_p <= 1, "chat.top_p", "must be in (0, 1]", self.top_p)
+
+
+@dataclass
+class RegistryConfig:
+    """The MLflow model registry entry of a sweep's best adapter (a ``pyfunc`` model)."""
+
+    after_sweep: bool = True  # register the winner when a sweep finishes
+    name: Optional[str] = None  # null: derived from the study name ("sweep-<study>")
+    alias: str = "best"  # moved to the newest winner
+
+    def __post_init__(self) -> None:
+        _require(bool(self.alias), "registry.alias", "must not be empty", self.alias)
