@@ -56,22 +56,8 @@ def test_adapter_for_another_base_model_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("swept")
-    qa = tmp / "qa.jsonl"
-    with qa.open("w") as f:
-        for i in range(50):
-            f.write(json.dumps({"question": f"What does Article {i % 7} protect? ({i})",
-                                "answer": f"Article {i % 7} protects right {i % 3}."}) + "\n")
-    cmd = [sys.executable, "-m", "sweep", "-m", "model=tiny", "data=jsonl", f"data.path={qa}",
-           "data.test_fraction=0.2", "train.iters=8", "train.grad_accumulation=1",
-           "train.eval_every_iters=4", "hydra.sweeper.n_trials=2", "lora.rank=choice(4,8)",
-           "eval.max_tokens=8", f"hydra.sweeper.storage=sqlite:///{tmp}/o.db",
-           "hydra.sweeper.study_name=s", f"mlflow.tracking_uri=sqlite:///{tmp}/m.db",
-           f"hydra.sweep.dir={tmp}/sweep"]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return tmp, qa, out
+def swept(tiny_sweep):
+    return tiny_sweep
 
 
 @pytest.mark.slow

@@ -103,7 +103,8 @@ def _build_tiny(cfg: ModelConfig, seed: int, out_dir: Path) -> None:
     model = llama.Model(llama.ModelArgs.from_dict(config))
     weights = dict(tree_flatten(model.parameters()))
     mx.eval(weights)
-    write_model_dir(out_dir, weights, config, meta, {"tiny_seed": seed})
+    write_model_dir(out_dir, weights, config, meta,
+                    {"tiny_seed": seed, "tokenizer_source": str(resolve_file(cfg.tokenizer_path))})
 
 def prepare_model_dir(cfg: ModelConfig, cache_dir: str | None, seed: int) -> str:
     """The folder (or hub id) for ``mlx_lm.load``; imports or builds it on first use."""
