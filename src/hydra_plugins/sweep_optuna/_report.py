@@ -2,8 +2,9 @@
 
 One parent run per study (its id is kept in the study, so a resumed sweep reuses it);
 every trial's run is its child. At the end the parent gets the best value and params, a
-leaderboard (CSV and Markdown), plots (PNG), the best config as YAML and a copy of the
-best adapter; the terminal gets the same leaderboard as a table.
+leaderboard (CSV and Markdown), plots (PNG, drawn in _plots.py), the best config as YAML
+and a copy of the best adapter; the terminal gets the same leaderboard as a table, in
+blocks of columns that fit its width (the trial column repeated), never cut.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import io
 import logging
 import math
 import shutil
-import warnings
+import textwrap
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import optuna
 from omegaconf import DictConfig, OmegaConf
@@ -87,6 +88,55 @@ def to_markdown(rows: List[Dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_fmt(r[h]) for h in header) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], width: int,
+                 repeat: int = 0, left: Sequence[str] = ()) -> str:
+    """``rows`` as text no wider than ``width``: the columns that do not fit go into further
+    blocks, each starting with column ``repeat`` again; a cell wider than that wraps."""
+    sep = "  "
+    width = max(width, 20)
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
+    widths[repeat] = min(widths[repeat], width // 3)
+    widths = [w if i == repeat else min(w, width - widths[repeat] - len(sep))
+              for i, w in enumerate(widths)]
+    blocks: List[List[int]] = []
+    for i in range(len(header)):
+        if blocks and sum(widths[j] + len(sep) for j in blocks[-1]) + widths[i] <= width:
+            blocks[-1].append(i)
+        else:
+            blocks.append([i] if not blocks or i == repeat else [repeat, i])
+
+    def lines(cells: Sequence[str], block: List[int]) -> List[str]:
+        wrapped = {i: textwrap.wrap(cells[i], widths[i], break_on_hyphens=False) or [""]
+                   for i in block}
+
+        def cell(i: int, k: int) -> str:
+            text = wrapped[i][k] if k < len(wrapped[i]) else ""
+            return text.ljust(widths[i]) if header[i] in left else text.rjust(widths[i])
+
+        height = max(len(w) for w in wrapped.values())
+        return [sep.join(cell(i, k) for i in block).rstrip() for k in range(height)]
+
+    out: List[str] = []
+    for block in blocks:
+        out += [""] if out else []
+        out += lines(header, block) + [sep.join("-" * widths[i] for i in block)]
+        for row in rows:
+            out += lines(row, block)
+    return "\n".join(out)
+
+
+def leaderboard_text(study: optuna.Study, rows: List[Dict[str, Any]], width: int) -> str:
+    """The leaderboard for the terminal: a title and the table, no line wider than width."""
+    objectives = study.user_attrs.get("objectives", ["value"])
+    params = sorted({k for t in study.trials for k in t.params})
+    header = ["rank", "trial", "state", *objectives, "last reported", *params, "seconds"]
+    cells = [[str(r["rank"]), str(r["trial"]), r["state"], *(_with_se(r, o) for o in objectives),
+              _fmt(r["last_reported"]), *(_fmt(r[p]) for p in params), _fmt(r["seconds"])]
+             for r in rows]
+    title = textwrap.fill(f"study '{study.study_name}': {len(rows)} trials", max(width, 20))
+    return title + "\n" + format_table(header, cells, width, repeat=1, left=("state",))
 
 
 class StudyReport:
@@ -224,58 +274,25 @@ class StudyReport:
             shutil.copytree(adapter, target)
 
     def _plots(self) -> None:
-        import matplotlib
+        from hydra_plugins.sweep_optuna._plots import write_plots
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from optuna.visualization import matplotlib as oplt
-
-        plots = {"optimization_history": oplt.plot_optimization_history,
-                 "param_importances": oplt.plot_param_importances,
-                 "parallel_coordinate": oplt.plot_parallel_coordinate,
-                 "intermediate_values": oplt.plot_intermediate_values}
-        if len(self.study.directions) > 1:
-            names = self.study.user_attrs.get("objectives")
-            plots = {"pareto_front": lambda s: oplt.plot_pareto_front(s, target_names=names),
-                     "param_importances": lambda s: oplt.plot_param_importances(
-                         s, target=lambda t: t.values[0], target_name=names[0])}
-        (self.folder / "plots").mkdir(exist_ok=True)
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        for name, plot in plots.items():
-            try:
-                ax = plot(self.study)
-                figure = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
-                figure.set_size_inches(10, 6)
-                figure.tight_layout()
-                figure.savefig(self.folder / "plots" / f"{name}.png", dpi=100)
-                plt.close(figure)
-            except Exception as error:  # e.g. importances need two complete trials
-                log.info("plot %s skipped: %s", name, error)
+        write_plots(self.study, self.folder / "plots")
 
     def _print(self, rows: List[Dict[str, Any]], best: List[FrozenTrial]) -> None:
-        import sys
-
-        from rich.console import Console
-        from rich.table import Table
-
-        console = Console(width=None if sys.stdout.isatty() else 160)
-        objectives = self.study.user_attrs.get("objectives", ["value"])
-        params = sorted({k for t in self.study.trials for k in t.params})
-        table = Table(title=f"study '{self.study.study_name}': {len(rows)} trials")
-        for column in ["#", "trial", "state", *objectives, "last val", *params, "s"]:
-            table.add_column(column, justify="left" if column == "state" else "right")
-        for row in rows:
-            table.add_row(str(row["rank"]), str(row["trial"]), row["state"],
-                          *(_with_se(row, o) for o in objectives), _fmt(row["last_reported"]),
-                          *(_fmt(row[p]) for p in params), _fmt(row["seconds"]))
-        console.print(table)
-        if best:
-            console.print(f"best trial {best[0].number}: "
-                          + " ".join(f"{k}={_fmt(v)}" for k, v in best[0].params.items())
-                          + f"  ->  {', '.join(f'{v:.4f}' for v in best[0].values)}"
-                          + (f" +- {best[0].user_attrs['val_loss_se']:.4f} (val_loss over the "
-                             "whole validation split)" if "val_loss_se" in best[0].user_attrs
-                             else ""))
-            console.print(f"best config: {self.folder / 'best_config.yaml'}")
-            if (self.folder / "best_adapter").is_dir():
-                console.print(f"best adapter: {self.folder / 'best_adapter'}")
+        width = shutil.get_terminal_size(fallback=(120, 24)).columns
+        print(leaderboard_text(self.study, rows, width))
+        if not best:
+            return
+        top = best[0]
+        lines = [f"best trial {top.number}: "
+                 + " ".join(f"{k}={_fmt(v)}" for k, v in top.params.items())
+                 + f"  ->  {', '.join(f'{v:.4f}' for v in top.values)}"
+                 + (f" +- {top.user_attrs['val_loss_se']:.4f} (val_loss over the whole "
+                    "validation split)" if "val_loss_se" in top.user_attrs else ""),
+                 f"best config: {self.folder / 'best_config.yaml'}"]
+        if (self.folder / "best_adapter").is_dir():
+            lines.append(f"best adapter: {self.folder / 'best_adapter'}")
+        # paths stay whole (on a line of their own if need be), so they can be copied
+        print("\n" + "\n".join(textwrap.fill(line, width, subsequent_indent="  ",
+                                              break_long_words=False,
+                                              break_on_hyphens=False) for line in lines))
