@@ -36,6 +36,7 @@ from sweep.paths import ensure_sqlite_folder
 from hydra_plugins.sweep_optuna._proposals import (Proposer, SpaceExhausted, SweepAborted,
                                                    build_sampler, frozen_trial, hydra_value,
                                                    owner_died, tell_fail)
+from hydra_plugins.sweep_optuna._winner import EVALUATED_ATTR, evaluate_best, register_best
 from hydra_plugins.sweep_optuna._search_space import (SearchSpace, SearchSpaceError,
                                                       parse_search_space)
 
@@ -51,7 +52,6 @@ warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to b
 warnings.filterwarnings("ignore", message=".*fail_stale_trials is experimental")
 
 WORKER_ENV = "SWEEP_OPTUNA_WORKER"
-EVALUATED_ATTR = "evaluated_trial"  # study user attr: the best trial evaluated on the test split
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -245,36 +245,6 @@ class SweeperImpl:
             raise
         if not os.environ.get(WORKER_ENV):
             report.finish()
-            self.evaluate_best(study)
+            evaluate_best(self.config, study)
+            register_best(self.config, study)
         return results
-
-    def evaluate_best(self, study: optuna.Study) -> None:
-        """Held-out evaluation of the best trial (``eval.after_sweep``), once per winner:
-        the test split only reports, it chooses nothing."""
-        from sweep.errors import SweepError
-
-        if not OmegaConf.select(self.config, "eval.after_sweep", default=False):
-            return
-        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if not complete or len(study.directions) > 1:
-            return
-        best = study.best_trial
-        if study.user_attrs.get(EVALUATED_ATTR) == best.number:
-            log.info("best trial %d was evaluated on the test split already", best.number)
-            return
-        from sweep.evaluation.heldout import evaluate_target, summary
-
-        cfg = self.config.copy()
-        with open_dict(cfg):
-            cfg.target = best.user_attrs.get("mlflow_run_id") or best.user_attrs.get("output_dir")
-            del cfg["hydra"]
-        try:
-            result = evaluate_target(cfg)
-        except Exception as error:  # the sweep itself is done and recorded
-            kind = "" if isinstance(error, SweepError) else f"{type(error).__name__}: "
-            log.warning("held-out evaluation of best trial %d failed: %s%s (run sweep-eval "
-                        "target=<this sweep's folder> to retry)", best.number, kind, error)
-            return
-        study.set_user_attr(EVALUATED_ATTR, best.number)
-        print(summary(result), flush=True)
-

@@ -134,13 +134,15 @@ def _is_quantized(model: nn.Module) -> bool:
                for _, m in model.named_modules())
 
 
-def load_base(cfg: ModelConfig, cache_dir: str | None = None, seed: int = 0) -> LoadedModel:
-    """Load the base model once per process; later calls return it with LoRA removed."""
+def load_base(cfg: ModelConfig, cache_dir: str | None = None, seed: int = 0,
+              shared: bool = True) -> LoadedModel:
+    """Load the base model once per process; later calls return it with LoRA removed.
+    ``shared=False`` loads a private copy (a served model that keeps its adapter)."""
     import mlx_lm
 
     path = prepare_model_dir(cfg, cache_dir, seed)
     key = json.dumps([path, keep_quantized(cfg), cfg.bits, cfg.group_size, cfg.dtype.value])
-    if key in _LOADED:
+    if shared and key in _LOADED:
         loaded = _LOADED[key]
         strip_adapters(loaded.model)
         loaded.model.freeze()
@@ -168,7 +170,8 @@ def load_base(cfg: ModelConfig, cache_dir: str | None = None, seed: int = 0) -> 
     model.freeze()
     mx.eval(model.parameters())
     loaded = LoadedModel(model, tokenizer, path, quantized)
-    _LOADED[key] = loaded
+    if shared:
+        _LOADED[key] = loaded
     return loaded
 
 
