@@ -218,7 +218,7 @@ def summary(result: HeldOut) -> str:
              "test_citation_precision", "test_citation_recall"]
     a = result.adapter.metrics()
     b = result.base.metrics() if result.base is not None else {}
-    lines.append(f"{'metric':<25}{'base':>20}{'adapter':>20}{'adapter - base':>22}")
+    lines.append(f"{'metric':<24}{'base':>23} {'adapter':>23} {'adapter - base':>24}")
     for name in names:
         se = "_se"
 
@@ -233,5 +233,5 @@ def summary(result: HeldOut) -> str:
         diff = result.differences.get(name)
         change = "-" if not diff else (f"{diff[0]:+.2f}" if not math.isfinite(diff[1])
                                        else f"{diff[0]:+.4f} +- {diff[1]:.4f}")
-        lines.append(f"{name:<25}{cell(b):>20}{cell(a):>20}{change:>22}")
+        lines.append(f"{name:<24}{cell(b):>23} {cell(a):>23} {change:>24}")
     return "\n".join(lines)

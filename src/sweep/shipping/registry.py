@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +147,7 @@ def register_adapter(tracking_uri: str, run_id: str, adapter_dir: Path, typed, n
 
     config = {"base": base_reference(typed), "system": typed.data.system_prompt,
               "max_tokens": typed.eval.max_tokens, "batch_size": 8}
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in logs
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri)
     with mlflow.start_run(run_id=run_id, log_system_metrics=False):
