@@ -87,6 +87,7 @@ def test_a_wrong_gguf_fails_the_export(tiny_sweep, tmp_path: Path) -> None:
 @pytest.mark.parametrize("target,output,message", [
     ("{tmp}/nothing", "{out}", "no such folder, and not an MLflow run id"),
     ("{tmp}", "{out}", "has no adapters.safetensors"),
+    ("0123456789abcdef0123456789abcdef", "{out}", "no MLflow run with this id"),
     ("{sweep}", "{file}/sub", "cannot write in"),
     ("{sweep}", "{file}", "a file, not a folder"),
     ("{sweep}", "{full}", "not empty (export.overwrite=true replaces it)"),
