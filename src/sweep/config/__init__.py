@@ -3,13 +3,19 @@
 ``register()`` stores the schema under the name ``sweep_schema``, which
 ``conf/config.yaml`` lists first in its defaults, so Hydra type-checks every group.
 ``to_typed()`` turns the composed ``DictConfig`` into a validated ``SweepConfig``.
+
+``CONFIG_DIR`` is the config tree every console script and ``compose()`` read: the
+environment variable ``SWEEP_CONFIG_DIR`` when set; else the project's root ``conf/`` in
+a source checkout (an editable install, so edits take effect at once); else the copy a
+wheel carries as ``sweep/conf`` (made by ``setup.py`` from the root ``conf/``).
 """
 
 from __future__ import annotations
 
+import os
 from enum import Enum
 from pathlib import Path
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -17,7 +23,42 @@ from sweep.config.schema import *  # noqa: F401,F403
 from sweep.config.schema import ConfigError, SweepConfig
 
 SCHEMA_NAME = "sweep_schema"
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "conf"  # the project's conf/ (editable install)
+CONFIG_ENV = "SWEEP_CONFIG_DIR"
+CHECKOUT_CONF = Path(__file__).resolve().parents[3] / "conf"  # <root>/conf, from <root>/src/sweep
+PACKAGED_CONF = Path(__file__).resolve().parents[1] / "conf"  # sweep/conf, in a wheel
+
+
+def is_config_dir(path: Path) -> bool:
+    """Whether ``path`` looks like this project's config tree."""
+    return (path / "config.yaml").is_file() and (path / "model").is_dir()
+
+
+def find_config_dir(environ: Optional[Mapping[str, str]] = None,
+                    checkout: Path = CHECKOUT_CONF, packaged: Path = PACKAGED_CONF) -> Path:
+    """``$SWEEP_CONFIG_DIR``, else the checkout's ``conf/``, else the packaged one.
+
+    Returns ``packaged`` when neither exists; :func:`check_config_dir` says so.
+    """
+    override = (os.environ if environ is None else environ).get(CONFIG_ENV)
+    if override:
+        return Path(override).expanduser().resolve()
+    return checkout if is_config_dir(checkout) else packaged
+
+
+def check_config_dir(path: Optional[Path] = None) -> Path:
+    """``path`` (default ``CONFIG_DIR``) if it holds ``config.yaml``, else a ConfigError
+    naming where it looked."""
+    path = CONFIG_DIR if path is None else path
+    if (path / "config.yaml").is_file():
+        return path
+    if path not in (CHECKOUT_CONF, PACKAGED_CONF):
+        raise ConfigError(f"{CONFIG_ENV}: no config.yaml in {path}")
+    raise ConfigError(f"no config tree: neither {CHECKOUT_CONF} (a source checkout) nor "
+                      f"{PACKAGED_CONF} (an installed wheel) holds config.yaml and model/; "
+                      f"reinstall sweep or set {CONFIG_ENV}")
+
+
+CONFIG_DIR = find_config_dir()
 
 
 def register() -> None:
@@ -33,8 +74,9 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
+    config_dir = check_config_dir()
     register()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR), job_name="sweep"):
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir), job_name="sweep"):
         return hydra_compose(config_name="config", overrides=list(overrides))
 
 
