@@ -3,6 +3,7 @@ pruning, failures, the failure-rate stop, and a kill -9 in the middle of a sweep
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -141,6 +142,58 @@ def test_a_sweep_that_keeps_failing_stops(tmp_path: Path) -> None:
     assert out.returncode != 0
     assert "max_failure_rate" in out.stderr + out.stdout
     assert len(study(tmp_path).get_trials(states=(TrialState.FAIL,))) == 2
+
+
+def test_the_same_command_goes_on_after_the_mistake_is_fixed(tmp_path: Path) -> None:
+    """Failures of an earlier run do not count towards this run's failure rate: a
+    missing data file, then the same command once the file is there."""
+    data = tmp_path / "qa.jsonl"
+    args = ("data=jsonl", f"data.path={data}", "hydra.sweeper.min_trials_for_failure_rate=2")
+    bad = run(command(tmp_path, *args, n=2))
+    said = bad.stdout + bad.stderr
+    assert bad.returncode == 2 and "run the same command again" in said, said[-2000:]
+    with data.open("w") as f:
+        for i in range(40):
+            f.write(json.dumps({"question": f"What does Article {i} protect?",
+                                "answer": f"Article {i} protects a right."}) + "\n")
+    fixed = run(command(tmp_path, *args, n=2))
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    s = study(tmp_path)
+    assert len(finished(s)) == 2 and len(s.get_trials(states=(TrialState.FAIL,))) == 2
+
+
+def test_a_changed_choice_list_is_one_line(tmp_path: Path) -> None:
+    first = run(command(tmp_path, "hydra.sweeper.params={lora.rank: 'choice(4, 8)'}", n=1))
+    assert first.returncode == 0, first.stderr[-3000:]
+    out = run(command(tmp_path, "hydra.sweeper.params={lora.rank: 'choice(4, 16)'}", n=2))
+    said = out.stdout + out.stderr
+    assert out.returncode == 2 and "Traceback" not in said
+    assert "lora.rank is" in said and "name a new hydra.sweeper.study_name" in said
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("hydra.sweeper.n_trials=-1", "hydra.sweeper.n_trials=-1: must be >= 1"),
+    ("hydra.sweeper.n_workers=0", "hydra.sweeper.n_workers=0: must be >= 1"),
+    ("+hydra.sweeper.sampler_kwargs.n_startup=3", "unexpected keyword argument 'n_startup'"),
+    ("+hydra.sweeper.pruner_kwargs.zscore=3", "unexpected keyword argument 'zscore'"),
+    ("hydra.sweeper.params={optimizer.lr: 'tag(log, interval(0, 1e-3))'}", "needs a start > 0"),
+    ("hydra.sweeper.params={optimizer.lr: 'interval(1e-3, 1e-4)'}", "is empty"),
+    ("hydra.sweeper.params={lora.rank: 'choice()'}", "empty choice is not legal"),
+])
+def test_bad_sweeper_settings_are_one_line_and_exit_2(tmp_path: Path, setting, message) -> None:
+    out = run(command(tmp_path, setting))
+    said = out.stdout + out.stderr
+    assert out.returncode == 2, said[-2000:]
+    assert message in said and "Traceback" not in said
+    assert not (tmp_path / "m.db").exists() or not mlflow_runs(tmp_path)[1]
+
+
+@pytest.mark.parametrize("setting", ["hydra.sweeper.sampler=annealing",
+                                     "hydra.sweeper.pruner=patient"])
+def test_unknown_sampler_or_pruner_names_the_choices(tmp_path: Path, setting) -> None:
+    out = run(command(tmp_path, setting))  # Hydra checks the sweeper's typed config
+    said = out.stdout + out.stderr
+    assert out.returncode != 0 and "expected one of" in said and "Traceback" not in said
 
 
 def test_bad_search_space_stops_before_any_trial(tmp_path: Path) -> None:

@@ -75,6 +75,7 @@ class SweeperImpl:
         self.launcher = None
         self.hydra_context: Optional[HydraContext] = None
         self.proposer: Optional[Proposer] = None  # set by open_study (it needs the seed)
+        self._first_trial = 0  # the first trial number this run started (failure rate)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
@@ -178,14 +179,41 @@ class SweeperImpl:
                  f": {reason}" if reason else "", done, int(self.settings["n_trials"]))
 
     # -- the loop ----------------------------------------------------------------
+    def check_space_fits(self, study: optuna.Study, space: SearchSpace) -> None:
+        """A study keeps one choice list per parameter (Optuna refuses another one
+        mid-study); say so before any trial, naming both."""
+        from optuna.distributions import check_distribution_compatibility
+
+        seen: Dict[str, Any] = {}
+        for t in study.get_trials(deepcopy=False):
+            for name, old in t.distributions.items():
+                seen.setdefault(name, old)
+        for name, new in space.distributions.items():
+            if name in seen:
+                try:
+                    check_distribution_compatibility(seen[name], new)
+                except ValueError:
+                    raise SweepAborted(
+                        f"hydra.sweeper.params: {name} is {new} here, but study "
+                        f"'{study.study_name}' searched it as {seen[name]}; Optuna keeps one "
+                        "choice list per parameter in a study: name a new "
+                        "hydra.sweeper.study_name") from None
+
     def check_failure_rate(self, study: optuna.Study) -> None:
-        trials = study.get_trials(deepcopy=False, states=FINISHED + (TrialState.FAIL,))
-        failed = sum(t.state == TrialState.FAIL for t in trials)
-        rate, limit = failed / max(len(trials), 1), float(self.settings["max_failure_rate"])
+        """Stop when too many of the trials this command started failed. Earlier runs'
+        failures do not count: after a mistake is fixed (a typo in a searched key, a
+        missing data file), the same command goes on with the study."""
+        trials = [t for t in study.get_trials(deepcopy=False, states=FINISHED + (TrialState.FAIL,))
+                  if t.number >= self._first_trial]
+        failed = [t for t in trials if t.state == TrialState.FAIL]
+        rate, limit = len(failed) / max(len(trials), 1), float(self.settings["max_failure_rate"])
         if len(trials) >= int(self.settings["min_trials_for_failure_rate"]) and rate > limit:
+            reason = failed[-1].user_attrs.get("fail_reason", "no reason recorded")
             raise SweepAborted(
-                f"{failed} of {len(trials)} trials failed ({rate:.0%} > hydra.sweeper."
-                f"max_failure_rate={limit:.0%}); see the fail_reason of the failed trials")
+                f"{len(failed)} of the {len(trials)} trials this run finished failed ({rate:.0%} "
+                f"> hydra.sweeper.max_failure_rate={limit:.0%}); the last: {reason}. Fix the "
+                "cause and run the same command again: the study goes on, and only the new "
+                "run's trials count towards the rate")
 
     def _start_workers(self) -> List[subprocess.Popen]:
         n = int(self.settings["n_workers"])
@@ -205,12 +233,17 @@ class SweeperImpl:
             raise SweepAborted(f"hydra.sweeper.params: {error}") from None
         if not space.distributions:
             raise SweepAborted("hydra.sweeper.params is empty: nothing to search")
+        for key in ("n_trials", "n_workers"):
+            if int(self.settings[key]) < 1:
+                raise SweepAborted(f"hydra.sweeper.{key}={self.settings[key]}: must be >= 1")
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
 
         study = self.open_study(space)
+        self.check_space_fits(study, space)
         self.fail_dead_trials(study)
+        self._first_trial = len(study.get_trials(deepcopy=False))  # this run's trials start here
         report = StudyReport(study, self.config, self.settings, space)
         parent = report.open_parent_run()
         workers = self._start_workers()

@@ -80,7 +80,18 @@ def build_sampler(name: str, kwargs: Dict[str, Any], seed: int, space: SearchSpa
                                "tpe, random, grid, cmaes, qmc and nsga2 do not") from None
     if name == "cmaes" and multi_objective:
         raise SweepAborted("hydra.sweeper.sampler=cmaes is single-objective; use nsga2 or tpe")
-    return samplers[name]()
+    return construct(samplers[name], "hydra.sweeper.sampler_kwargs", kwargs)
+
+
+def construct(factory, key: str, kwargs: Mapping[str, Any]):
+    """``factory()``, with a misspelt or mistyped keyword in ``kwargs`` as one line naming
+    ``key`` (Optuna raises a bare TypeError)."""
+    try:
+        return factory()
+    except TypeError as error:
+        if kwargs and ("keyword argument" in str(error) or "argument" in str(error)):
+            raise SweepAborted(f"{key}={dict(kwargs)}: {error}") from None
+        raise
 
 
 def trial_seed(seed: int, number: int, attempt: int = 0) -> int:

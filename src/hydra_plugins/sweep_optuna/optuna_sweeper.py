@@ -1,6 +1,8 @@
 """The facade Hydra instantiates; the work (and optuna/mlflow imports) is in ``_impl``."""
 
 
+import logging
+import sys
 from typing import Any, List
 
 from hydra.plugins.sweeper import Sweeper
@@ -21,4 +23,10 @@ class SweepOptunaSweeper(Sweeper):
         self._impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: List[str]) -> Any:
-        return self._impl.sweep(arguments)
+        from hydra_plugins.sweep_optuna._proposals import SweepAborted
+
+        try:
+            return self._impl.sweep(arguments)
+        except SweepAborted as stop:  # bad settings or too many failures: one line, exit 2
+            logging.getLogger("sweep.sweeper").error("%s", stop)
+            sys.exit(2)
