@@ -125,3 +125,22 @@ def test_same_seed_same_composed_config() -> None:
     b = compose_config(["seed=123", "lora.rank=4"])
     assert a == b
     assert flatten(to_typed(a)) == flatten(to_typed(b))
+
+
+def test_the_automatic_study_name_follows_the_data_file(tmp_path) -> None:
+    """Two data files never share a study; the shipped set keeps its plain name."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from sweep.config import CONFIG_DIR, register
+
+    register()
+    names = []
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        for extra in ([], [f"data.path={tmp_path / 'a' / 'qa.jsonl'}"],
+                      [f"data.path={tmp_path / 'b' / 'qa.jsonl'}"]):
+            overrides = ["data=jsonl", *extra] if extra else []
+            cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
+            names.append(OmegaConf.select(cfg, "hydra.sweeper.study_name"))
+    assert names[0] == "lora_smollm2_135m_legal_qa"
+    assert names[1].startswith("lora_smollm2_135m_jsonl-qa-") and names[1] != names[2]

@@ -69,6 +69,9 @@ def _from_sweep(folder: Path, spec: str, client) -> Target:
 
     from sweep.paths import sqlite_file
 
+    from sweep.config import register
+
+    register()  # the resolvers the saved study name uses
     saved = OmegaConf.load(folder / "multirun.yaml")
     storage = OmegaConf.select(saved, "hydra.sweeper.storage")
     name = OmegaConf.select(saved, "hydra.sweeper.study_name")

@@ -65,6 +65,9 @@ def register() -> None:
     """Store the root schema in Hydra's ConfigStore (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
+    from sweep.config.resolvers import register_resolvers
+
+    register_resolvers()
     ConfigStore.instance().store(name=SCHEMA_NAME, node=SweepConfig)
 
 
