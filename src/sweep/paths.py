@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
-__all__ = ["cache_root", "cpu_id", "write_atomic", "sqlite_file", "ensure_sqlite_folder"]
+__all__ = ["cache_root", "cpu_id", "write_atomic", "sqlite_file", "ensure_sqlite_folder",
+           "sqlite_init_lock"]
 
 
 def cache_root(cache_dir: Optional[str] = None) -> Path:
@@ -51,3 +53,26 @@ def ensure_sqlite_folder(url: str) -> None:
     path = sqlite_file(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
+
+
+@contextmanager
+def sqlite_init_lock(url: str) -> Iterator[None]:
+    """Meanwhile no other process opens the same SQLite database through this lock.
+
+    MLflow and Optuna create their tables (alembic migrations) the first time a process
+    opens a fresh database; two processes doing it at once fail with ``UNIQUE constraint
+    failed: alembic_version``. Hold this around the first use of a store. Not SQLite
+    (PostgreSQL, HTTP): no lock; those servers serialise their own schema changes."""
+    path = sqlite_file(url)
+    if path is None:
+        yield
+        return
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".init-lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

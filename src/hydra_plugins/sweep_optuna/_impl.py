@@ -31,7 +31,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.optuna_link import HEARTBEAT_ATTR, PRUNER_ATTR, build_pruner
-from sweep.paths import ensure_sqlite_folder
+from sweep.paths import ensure_sqlite_folder, sqlite_init_lock
 
 from hydra_plugins.sweep_optuna._proposals import (Proposer, SpaceExhausted, SweepAborted,
                                                    build_sampler, frozen_trial, hydra_value,
@@ -88,9 +88,10 @@ class SweeperImpl:
     def _storage(self) -> optuna.storages.RDBStorage:
         url = str(self.settings["storage"])
         ensure_sqlite_folder(url)
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=int(self.settings["heartbeat_interval"]),
-            grace_period=int(self.settings["grace_period"]))
+        with sqlite_init_lock(url):  # creating the tables: one process at a time
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=int(self.settings["heartbeat_interval"]),
+                grace_period=int(self.settings["grace_period"]))
 
     def _objectives(self) -> List[str]:
         return list(self.settings["objectives"])

@@ -9,6 +9,7 @@ trial: it reports to it, may be pruned, and tells Optuna how it ended.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -65,8 +66,27 @@ def app(cfg: DictConfig) -> float:
         sys.exit(2)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: the trial's MLflow run ends KILLED, its Optuna
+    trial FAIL, the study's run KILLED; nothing is left RUNNING."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated("SIGTERM")
+
+
 def main() -> None:
-    app()
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        app()
+    except KeyboardInterrupt as stop:
+        terminated = isinstance(stop, Terminated)
+        print(f"sweep: stopped by {'SIGTERM' if terminated else 'Ctrl-C'}; the running "
+              "trial is recorded as KILLED (MLflow) and FAIL (Optuna). Run the same command "
+              "to go on.", file=sys.stderr, flush=True)
+        sys.exit(143 if terminated else 130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

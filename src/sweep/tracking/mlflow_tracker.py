@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from sweep.config.schema import MlflowConfig
-from sweep.paths import ensure_sqlite_folder, sqlite_file
+from sweep.paths import ensure_sqlite_folder, sqlite_file, sqlite_init_lock
 from sweep.training.events import EvalReport, Listener, TrainReport
 
 __all__ = ["MlflowTracker", "NullTracker", "artifact_location_for"]
@@ -57,11 +57,12 @@ class MlflowTracker(NullTracker):
 
         ensure_sqlite_folder(cfg.tracking_uri)
         self.cfg = cfg
-        self.client = MlflowClient(tracking_uri=cfg.tracking_uri)
         self.run_name = run_name or cfg.run_name
         self.parent_run_id = parent_run_id
         self.run_id = None
-        self.experiment_id = self._experiment_id()
+        with sqlite_init_lock(cfg.tracking_uri):  # opening a fresh store creates its tables
+            self.client = MlflowClient(tracking_uri=cfg.tracking_uri)
+            self.experiment_id = self._experiment_id()
 
     def _experiment_id(self) -> str:
         experiment = self.client.get_experiment_by_name(self.cfg.experiment)

@@ -1,0 +1,108 @@
+"""Faults (tiny model): SIGTERM and Ctrl-C (SIGINT) in the middle of training give one line
+and exit 143 / 130, no traceback, and nothing left RUNNING (the trial's MLflow run KILLED,
+in a sweep its Optuna trial FAIL and the study's run KILLED); two sweeps started at once on
+fresh SQLite stores both work, with exact counts."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from conftest import ROOT, tiny_overrides
+from sweep.paths import sqlite_init_lock
+
+pytestmark = pytest.mark.slow
+
+
+def _runs(uri: str):
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("sweep")
+    return [] if experiment is None else client.search_runs([experiment.experiment_id])
+
+
+def _wait_for_training(process: subprocess.Popen, uri: str, db: Path) -> None:
+    """Until a trial's run is RUNNING and has logged a training step."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        if db.exists():
+            with sqlite_init_lock(uri):  # as sweep itself opens a fresh store
+                runs = _runs(uri)
+            if any(r.info.status == "RUNNING" and "train_loss" in r.data.metrics for r in runs):
+                return
+        time.sleep(0.5)
+    raise AssertionError("the trial never started training")
+
+
+@pytest.mark.parametrize("sig,status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stopped_trial_is_killed_not_left_running(tmp_path: Path, qa_file: Path, sig,
+                                                    status) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow/m.db"
+    cmd = [sys.executable, "-m", "sweep",
+           *tiny_overrides(tmp_path, qa_file, "train.iters=4000"),
+           f"hydra.run.dir={tmp_path}/run"]
+    process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        _wait_for_training(process, uri, tmp_path / "mlflow" / "m.db")
+        process.send_signal(sig)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == status, err[-3000:]
+    assert "Traceback" not in err and "Run the same command" in err
+    assert [r.info.status for r in _runs(uri)] == ["KILLED"]
+
+
+def test_sigterm_to_a_sweep_leaves_nothing_running(tmp_path: Path, qa_file: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow/m.db"
+    cmd = [sys.executable, "-m", "sweep", "-m",
+           *tiny_overrides(tmp_path, qa_file, "train.iters=4000"),
+           "hydra.sweeper.n_trials=3", f"hydra.sweeper.storage=sqlite:///{tmp_path}/o.db",
+           "hydra.sweeper.study_name=s", f"hydra.sweep.dir={tmp_path}/sweep"]
+    process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        _wait_for_training(process, uri, tmp_path / "mlflow" / "m.db")
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 143, err[-3000:]
+    assert "Traceback" not in err
+    statuses = sorted(r.info.status for r in _runs(uri))
+    assert statuses == ["KILLED", "KILLED"]  # the study's run and its trial's
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/o.db")
+    assert [t.state for t in study.trials] == [TrialState.FAIL]
+    assert "SIGTERM" in study.trials[0].user_attrs.get("fail_reason", "")
+
+
+def test_two_sweeps_started_at_once_on_fresh_stores(tmp_path: Path, qa_file: Path) -> None:
+    """Both create the Optuna and MLflow tables of new SQLite files at the same moment
+    (before: ``UNIQUE constraint failed: alembic_version`` in one of them)."""
+    cmd = [sys.executable, "-m", "sweep", "-m",
+           *tiny_overrides(tmp_path, qa_file, "train.iters=4"), "hydra.sweeper.n_trials=4",
+           f"hydra.sweeper.storage=sqlite:///{tmp_path}/o.db", "hydra.sweeper.study_name=s",
+           "eval.after_sweep=false", "registry.after_sweep=false"]
+    processes = [subprocess.Popen([*cmd, f"hydra.sweep.dir={tmp_path}/sweep{i}"], cwd=ROOT,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for i in range(2)]
+    outputs = [p.communicate(timeout=600) for p in processes]
+    for process, (_, err) in zip(processes, outputs):
+        assert process.returncode == 0, err[-3000:]
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/o.db")
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 4 and len({t.number for t in study.trials}) == len(study.trials)
+    runs = _runs(f"sqlite:///{tmp_path}/mlflow/m.db")
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    assert len([r for r in runs if "sweep.trial" in r.data.tags]) == len(study.trials)
