@@ -48,11 +48,22 @@ def sqlite_file(url: str) -> Optional[Path]:
     return Path(url[len("sqlite:///"):]).expanduser().resolve()
 
 
-def ensure_sqlite_folder(url: str) -> None:
-    """SQLite creates the database file but not its folder."""
+def ensure_sqlite_folder(url: str, key: str = "the database URL") -> None:
+    """SQLite creates the database file but not its folder; a folder that cannot be
+    made (a file in the way, no permission) is a SweepError naming ``key``."""
+    from sweep.errors import SweepError
+
     path = sqlite_file(url)
-    if path is not None:
+    if path is None:
+        return
+    blocking = next((p for p in path.parents if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise SweepError(f"{key}={url}: {blocking} is a file, not a folder")
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SweepError(f"{key}={url}: cannot create {path.parent} "
+                         f"({error.strerror or type(error).__name__})") from None
 
 
 @contextmanager

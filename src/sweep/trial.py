@@ -146,11 +146,13 @@ def run_trial(
     from sweep.data.records import load_splits
     from sweep.models.loader import load_base
     from sweep.tracking.console import ConsoleReporter
-    from sweep.tracking.mlflow_tracker import MlflowTracker, NullTracker
+    from sweep.tracking.mlflow_tracker import MlflowTracker, NullTracker, check_tracking
     from sweep.training.lora import apply_lora, save_adapter, trainable_parameters
     from sweep.training.loop import train
     from sweep.training.optim import build_optimizer, build_schedule
 
+    if typed.mlflow.enabled:
+        check_tracking(typed.mlflow)  # before minutes of loading, not after
     splits = load_splits(typed.data, typed.seed)
     loaded = load_base(typed.model, typed.cache_dir, typed.seed)
     model, tokenizer = loaded.model, loaded.tokenizer

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -86,12 +87,24 @@ class SweeperImpl:
 
     # -- the study ---------------------------------------------------------------
     def _storage(self) -> optuna.storages.RDBStorage:
+        from sweep.errors import SweepError
+
         url = str(self.settings["storage"])
-        ensure_sqlite_folder(url)
-        with sqlite_init_lock(url):  # creating the tables: one process at a time
-            return optuna.storages.RDBStorage(
-                url, heartbeat_interval=int(self.settings["heartbeat_interval"]),
-                grace_period=int(self.settings["grace_period"]))
+        try:
+            ensure_sqlite_folder(url, "hydra.sweeper.storage")
+        except SweepError as error:
+            raise SweepAborted(str(error)) from None
+        try:
+            with sqlite_init_lock(url):  # creating the tables: one process at a time
+                return optuna.storages.RDBStorage(
+                    url, heartbeat_interval=int(self.settings["heartbeat_interval"]),
+                    grace_period=int(self.settings["grace_period"]))
+        except Exception as error:  # an unreachable server, a bad URL, a missing driver
+            first = str(getattr(error, "orig", None) or error).strip().splitlines()
+            shown = re.sub(r"(//[^/:@]+):[^/@]*@", r"\1:***@", url)
+            raise SweepAborted(f"hydra.sweeper.storage={shown}: cannot open the study's "
+                               f"storage ({type(error).__name__}: "
+                               f"{first[0] if first else ''})") from None
 
     def _objectives(self) -> List[str]:
         return list(self.settings["objectives"])

@@ -110,6 +110,15 @@ def prepare_model_dir(cfg: ModelConfig, cache_dir: str | None, seed: int) -> str
     """The folder (or hub id) for ``mlx_lm.load``; imports or builds it on first use."""
     models = cache_root(cache_dir) / "models"
     if cfg.source is ModelSource.hf:
+        local = Path(cfg.path).expanduser()
+        looks_local = cfg.path.startswith(("/", ".", "~")) or cfg.path.count("/") > 1
+        if looks_local and not local.is_dir():
+            raise SweepError(f"model.path={cfg.path}: no such folder (model.source=hf takes "
+                             "an mlx-lm model folder or a Hugging Face hub id such as "
+                             "mlx-community/SmolLM2-135M-Instruct)")
+        if local.is_dir() and not (local / "config.json").is_file():
+            raise SweepError(f"model.path={cfg.path}: {local} has no config.json, so it is "
+                             "not an mlx-lm / Hugging Face model folder")
         return cfg.path
     if cfg.source is ModelSource.tiny:
         digest = hashlib.sha1(json.dumps(asdict(cfg.arch), sort_keys=True).encode()).hexdigest()

@@ -17,7 +17,7 @@ from sweep.config.schema import MlflowConfig
 from sweep.paths import ensure_sqlite_folder, sqlite_file, sqlite_init_lock
 from sweep.training.events import EvalReport, Listener, TrainReport
 
-__all__ = ["MlflowTracker", "NullTracker", "artifact_location_for"]
+__all__ = ["MlflowTracker", "NullTracker", "artifact_location_for", "check_tracking"]
 
 log = logging.getLogger(__name__)
 _MAX_PARAM = 6000  # MLflow's limit on a param value
@@ -30,6 +30,39 @@ def artifact_location_for(cfg: MlflowConfig) -> Optional[str]:
         return cfg.artifact_location
     db = sqlite_file(cfg.tracking_uri)
     return (db.parent / "artifacts").as_uri() if db is not None else None
+
+
+def check_tracking(cfg: MlflowConfig, timeout: float = 5.0) -> None:
+    """Fail fast, before data and model are loaded: a SQLite store's folder must be
+    creatable, an HTTP server must answer (MLflow's own client retries for minutes)."""
+    from sweep.errors import SweepError
+
+    uri = cfg.tracking_uri
+    ensure_sqlite_folder(uri, "mlflow.tracking_uri")
+    if uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        from urllib.parse import urlsplit, urlunsplit
+
+        shown = _without_password(uri)
+        parts = urlsplit(uri)  # credentials go in MLFLOW_TRACKING_USERNAME / _PASSWORD
+        probe = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))
+        try:
+            urllib.request.urlopen(probe.rstrip("/") + "/health", timeout=timeout).close()
+        except urllib.error.HTTPError:
+            pass  # something answers (a proxy, an auth layer): MLflow will say more
+        except (OSError, ValueError) as error:
+            reason = getattr(error, "reason", None) or error
+            raise SweepError(f"mlflow.tracking_uri={shown}: no MLflow server answers there "
+                             f"({reason}); start one (mlflow server ...) or fix the URI, or "
+                             "mlflow.enabled=false") from None
+
+
+def _without_password(uri: str) -> str:
+    import re
+
+    return re.sub(r"(//[^/:@]+):[^/@]*@", r"\1:***@", uri)
 
 
 class NullTracker(Listener):
@@ -55,7 +88,7 @@ class MlflowTracker(NullTracker):
                  parent_run_id: Optional[str] = None):
         from mlflow.tracking import MlflowClient
 
-        ensure_sqlite_folder(cfg.tracking_uri)
+        ensure_sqlite_folder(cfg.tracking_uri, "mlflow.tracking_uri")
         self.cfg = cfg
         self.run_name = run_name or cfg.run_name
         self.parent_run_id = parent_run_id

@@ -1,0 +1,56 @@
+"""Bad input found before anything runs: one line naming the key, exit status 2, no
+traceback, no MLflow run; an unreachable tracking server is said within seconds, not
+after minutes of retries (tiny model)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, tiny_overrides
+
+pytestmark = pytest.mark.slow
+
+
+def _sweep(*args: str, multirun: bool = False) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "sweep", *(["-m"] if multirun else []), *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.source=hf model.path={tmp}/nothing", "model.path={tmp}/nothing: no such folder"),
+    ("model.source=hf model.path={tmp}", "has no config.json"),
+    ("mlflow.tracking_uri=sqlite:///{tmp}/file/m.db", "{tmp}/file is a file, not a folder"),
+    ("mlflow.tracking_uri=http://user:secret@127.0.0.1:9/",
+     "mlflow.tracking_uri=http://user:***@127.0.0.1:9/: no MLflow server answers there"),
+])
+def test_bad_model_and_tracking_settings(tmp_path: Path, qa_file: Path, override,
+                                         message) -> None:
+    (tmp_path / "file").write_text("x")
+    started = time.monotonic()
+    out = _sweep(*tiny_overrides(tmp_path, qa_file), f"hydra.run.dir={tmp_path}/run",
+                 *override.format(tmp=tmp_path).split())
+    said = out.stdout + out.stderr
+    assert out.returncode == 2, said[-2000:]
+    assert message.format(tmp=tmp_path) in said and "Traceback" not in said
+    assert "secret" not in said
+    assert time.monotonic() - started < 120  # not MLflow's minutes of retries
+
+
+@pytest.mark.parametrize("storage,message", [
+    ("sqlite:///{tmp}/file/o.db", "{tmp}/file is a file, not a folder"),
+    ("postgresql://u:pw@127.0.0.1:9/db", "hydra.sweeper.storage=postgresql://u:***@127.0.0.1:9/db: "
+                                         "cannot open the study's storage"),
+])
+def test_bad_study_storage(tmp_path: Path, qa_file: Path, storage, message) -> None:
+    (tmp_path / "file").write_text("x")
+    out = _sweep(*tiny_overrides(tmp_path, qa_file), f"hydra.sweep.dir={tmp_path}/sweep",
+                 f"hydra.sweeper.storage={storage.format(tmp=tmp_path)}", multirun=True)
+    said = out.stdout + out.stderr
+    assert out.returncode == 2, said[-2000:]
+    assert message.format(tmp=tmp_path) in said and "Traceback" not in said
+    assert ":pw@" not in said
