@@ -54,3 +54,30 @@ def test_bad_study_storage(tmp_path: Path, qa_file: Path, storage, message) -> N
     assert out.returncode == 2, said[-2000:]
     assert message.format(tmp=tmp_path) in said and "Traceback" not in said
     assert ":pw@" not in said
+
+
+def test_a_corrupt_cached_import_is_imported_again(tmp_path: Path, qa_file: Path) -> None:
+    args = [*tiny_overrides(tmp_path, qa_file), f"cache_dir={tmp_path}/cache",
+            "mlflow.enabled=false"]
+    first = _sweep(*args, f"hydra.run.dir={tmp_path}/run1")
+    assert first.returncode == 0, first.stderr[-2000:]
+    weights = next((tmp_path / "cache" / "models").glob("tiny-*/model.safetensors"))
+    with weights.open("r+b") as f:
+        f.truncate(100_000)  # a damaged disk, a copy cut short
+    again = _sweep(*args, f"hydra.run.dir={tmp_path}/run2")
+    said = again.stdout + again.stderr
+    assert again.returncode == 0, said[-2000:]
+    assert "cannot be loaded" in said and "importing it again" in said
+    assert weights.stat().st_size > 100_000
+
+
+def test_a_corrupt_model_folder_of_the_user_is_one_line(tmp_path: Path, qa_file: Path) -> None:
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    (folder / "model.safetensors").write_bytes(b"not safetensors")
+    out = _sweep(*tiny_overrides(tmp_path, qa_file), f"hydra.run.dir={tmp_path}/run",
+                 "model.source=hf", f"model.path={folder}")
+    said = out.stdout + out.stderr
+    assert out.returncode == 2, said[-2000:]
+    assert f"model.path={folder}: cannot load" in said and "Traceback" not in said

@@ -147,8 +147,6 @@ def load_base(cfg: ModelConfig, cache_dir: str | None = None, seed: int = 0,
               shared: bool = True) -> LoadedModel:
     """Load the base model once per process; later calls return it with LoRA removed.
     ``shared=False`` loads a private copy (a served model that keeps its adapter)."""
-    import mlx_lm
-
     path = prepare_model_dir(cfg, cache_dir, seed)
     key = json.dumps([path, keep_quantized(cfg), cfg.bits, cfg.group_size, cfg.dtype.value])
     if shared and key in _LOADED:
@@ -156,9 +154,7 @@ def load_base(cfg: ModelConfig, cache_dir: str | None = None, seed: int = 0,
         strip_adapters(loaded.model)
         loaded.model.freeze()
         return loaded
-    model, tokenizer = mlx_lm.load(
-        path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
-    )
+    model, tokenizer = _load_folder(cfg, path, cache_dir, seed)
     quantized = _is_quantized(model)
     if keep_quantized(cfg) and not quantized:
         nn.quantize(model, group_size=cfg.group_size, bits=cfg.bits)
@@ -182,6 +178,33 @@ def load_base(cfg: ModelConfig, cache_dir: str | None = None, seed: int = 0,
     if shared:
         _LOADED[key] = loaded
     return loaded
+
+
+def _load_folder(cfg: ModelConfig, path: str, cache_dir: str | None, seed: int):
+    """``mlx_lm.load``; a corrupt cached import (a damaged disk, a file edited by hand) is
+    imported again once, a corrupt folder of the user's is one line naming it."""
+    import shutil
+
+    import mlx_lm
+
+    def load():
+        return mlx_lm.load(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+
+    try:
+        return load()
+    except (RuntimeError, ValueError, OSError, KeyError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if cfg.source is ModelSource.hf:
+            raise SweepError(f"model.path={cfg.path}: cannot load {path} ({reason})") from None
+        log.warning("the cached import %s cannot be loaded (%s): importing it again", path,
+                    reason)
+        shutil.rmtree(path, ignore_errors=True)
+        prepare_model_dir(cfg, cache_dir, seed)
+        try:
+            return load()
+        except (RuntimeError, ValueError, OSError, KeyError) as again:
+            raise SweepError(f"model {cfg.name}: {path} cannot be loaded even after importing "
+                             f"it again ({again}); delete it and check model.path") from None
 
 
 def strip_adapters(model: nn.Module) -> nn.Module:
