@@ -106,3 +106,29 @@ def test_two_sweeps_started_at_once_on_fresh_stores(tmp_path: Path, qa_file: Pat
     runs = _runs(f"sqlite:///{tmp_path}/mlflow/m.db")
     assert not [r for r in runs if r.info.status == "RUNNING"]
     assert len([r for r in runs if "sweep.trial" in r.data.tags]) == len(study.trials)
+
+
+@pytest.mark.parametrize("fault,reason", [
+    ("train_step:raise", "RuntimeError: injected fault at train_step"),
+    ("evaluation:oom", "MemoryError: injected out-of-memory at evaluation"),
+    ("save_adapter:enospc", "No space left on device"),
+])
+def test_a_bad_trial_fails_with_its_reason_and_the_sweep_goes_on(tmp_path: Path, qa_file: Path,
+                                                                 fault, reason) -> None:
+    import os
+
+    cmd = [sys.executable, "-m", "sweep", "-m",
+           *tiny_overrides(tmp_path, qa_file, "train.iters=4"), "hydra.sweeper.n_trials=3",
+           f"hydra.sweeper.storage=sqlite:///{tmp_path}/o.db", "hydra.sweeper.study_name=s",
+           "hydra.sweeper.max_failure_rate=1.0", f"hydra.sweep.dir={tmp_path}/sweep",
+           "eval.after_sweep=false", "registry.after_sweep=false"]
+    env = {**os.environ, "SWEEP_FAULT": fault, "SWEEP_FAULT_TRIAL": "1"}
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/o.db")
+    states = {t.number: t.state for t in study.trials}
+    assert states[1] == TrialState.FAIL and reason in study.trials[1].user_attrs["fail_reason"]
+    assert sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states.values()) == 3
+    runs = {r.data.tags.get("sweep.trial"): r for r in _runs(f"sqlite:///{tmp_path}/mlflow/m.db")}
+    assert runs["1"].info.status == "FAILED" and reason in runs["1"].data.tags["sweep.fail_reason"]
+    assert not [r for r in runs.values() if r.info.status == "RUNNING"]

@@ -221,6 +221,9 @@ def run_trial(
         tracker.set_tag("sweep.fail_reason", f"{type(error).__name__}: {error}"[:5000])
         tracker.end("FAILED")
         raise
+    from sweep.faults import point
+
+    point("trial_end")  # trained and logged; the run is not closed yet
     tracker.end("FINISHED")
     seconds = time.perf_counter() - started
     log.info("best val_loss %.4f +- %.4f (ppl %.2f; whole validation split) at step %d; "

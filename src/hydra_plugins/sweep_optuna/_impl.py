@@ -32,6 +32,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.optuna_link import HEARTBEAT_ATTR, PRUNER_ATTR, build_pruner
+from sweep.faults import point
 from sweep.paths import ensure_sqlite_folder, sqlite_init_lock
 
 from hydra_plugins.sweep_optuna._proposals import (Proposer, SpaceExhausted, SweepAborted,
@@ -214,20 +215,26 @@ class SweeperImpl:
                         "hydra.sweeper.study_name") from None
 
     def check_failure_rate(self, study: optuna.Study) -> None:
-        """Stop when too many of the trials this command started failed. Earlier runs'
+        """Stop when too many of the trials this command started failed, or when it has
+        seen as many failures as it was asked for trials (with max_failure_rate=1.0 a
+        failure that every trial meets would otherwise never end). Earlier runs'
         failures do not count: after a mistake is fixed (a typo in a searched key, a
         missing data file), the same command goes on with the study."""
         trials = [t for t in study.get_trials(deepcopy=False, states=FINISHED + (TrialState.FAIL,))
                   if t.number >= self._first_trial]
         failed = [t for t in trials if t.state == TrialState.FAIL]
         rate, limit = len(failed) / max(len(trials), 1), float(self.settings["max_failure_rate"])
-        if len(trials) >= int(self.settings["min_trials_for_failure_rate"]) and rate > limit:
-            reason = failed[-1].user_attrs.get("fail_reason", "no reason recorded")
-            raise SweepAborted(
-                f"{len(failed)} of the {len(trials)} trials this run finished failed ({rate:.0%} "
-                f"> hydra.sweeper.max_failure_rate={limit:.0%}); the last: {reason}. Fix the "
-                "cause and run the same command again: the study goes on, and only the new "
-                "run's trials count towards the rate")
+        enough = len(trials) >= int(self.settings["min_trials_for_failure_rate"])
+        cap = max(int(self.settings["n_trials"]), int(self.settings["min_trials_for_failure_rate"]))
+        if not failed or not ((enough and rate > limit) or len(failed) >= cap):
+            return
+        reason = failed[-1].user_attrs.get("fail_reason", "no reason recorded")
+        why = (f"{rate:.0%} > hydra.sweeper.max_failure_rate={limit:.0%}" if rate > limit
+               else f"as many failures as hydra.sweeper.n_trials={self.settings['n_trials']}")
+        raise SweepAborted(
+            f"{len(failed)} of the {len(trials)} trials this run finished failed ({why}); "
+            f"the last: {reason}. Fix the cause and run the same command again: the study "
+            "goes on, and only the new run's trials count towards the rate")
 
     def _start_workers(self) -> List[subprocess.Popen]:
         n = int(self.settings["n_workers"])
@@ -270,6 +277,7 @@ class SweeperImpl:
                 if finished + running >= n_trials:
                     break
                 self.check_failure_rate(study)
+                point("between_trials")
                 try:
                     results.append(self.run_one(study, space, parent))
                 except SpaceExhausted as done:

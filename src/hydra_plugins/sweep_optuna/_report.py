@@ -217,6 +217,9 @@ class StudyReport:
 
     # -- the report --------------------------------------------------------------
     def finish(self) -> None:
+        from sweep.faults import point
+
+        point("report")
         self.folder.mkdir(parents=True, exist_ok=True)
         rows = leaderboard(self.study)
         (self.folder / "leaderboard.csv").write_text(to_csv(rows))

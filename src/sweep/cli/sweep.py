@@ -9,6 +9,7 @@ trial: it reports to it, may be pruned, and tells Optuna how it ended.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweep.config import CONFIG_DIR, register
 from sweep.errors import SweepError
+from sweep.faults import CURRENT_TRIAL_ENV
 
 log = logging.getLogger("sweep")
 
@@ -35,6 +37,7 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: list) -> float:
     if link is None:
         return run_trial(cfg, output_dir, overrides=overrides).best_val_loss
     label = f"trial {link.number}"
+    os.environ[CURRENT_TRIAL_ENV] = str(link.number)  # for sweep.faults (tests)
     try:
         result = run_trial(cfg, output_dir, overrides=overrides, listeners=[link.listener],
                            parent_run_id=link_cfg.parent_run_id, run_name=f"trial-{link.number}",
@@ -48,6 +51,8 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: list) -> float:
     except BaseException as error:
         link.fail(f"{type(error).__name__}: {error}")
         raise
+    finally:
+        os.environ.pop(CURRENT_TRIAL_ENV, None)
     values = objective_values(list(link_cfg.objectives), result)
     link.trial.set_user_attr("val_loss_se", result.best_val_loss_se)
     link.complete(values)

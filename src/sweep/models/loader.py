@@ -124,12 +124,18 @@ def prepare_model_dir(cfg: ModelConfig, cache_dir: str | None, seed: int) -> str
         digest = hashlib.sha1(json.dumps(asdict(cfg.arch), sort_keys=True).encode()).hexdigest()
         out = models / f"tiny-{digest[:10]}-seed{seed}"
         if not (out / "sweep_import.json").exists():
+            from sweep.faults import point
+
+            point("model_import")
             _build_tiny(cfg, seed, out)
         return str(out)
     gguf = resolve_file(cfg.path)
     kind = "q" if keep_quantized(cfg) else "f32"
     out = models / f"{gguf.stem}-{kind}-v{IMPORTER_VERSION}"
     if not (out / "sweep_import.json").exists():
+        from sweep.faults import point
+
+        point("model_import")
         log.info("Importing %s into %s (once)", gguf.name, out)
         if kind == "f32":
             log.info("Dequantizing the GGUF weights to float32 for the CPU backend "

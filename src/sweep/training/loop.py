@@ -23,6 +23,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map
 
 from sweep.data.batches import iterate_batches
+from sweep.faults import point
 from sweep.training.cpu_ops import fusable_ops_on_cpu
 from sweep.training.events import (CheckpointReport, EvalReport, Listener, TrainReport,
                                    TrainResult)
@@ -214,6 +215,7 @@ def _train(model: nn.Module, optimizer: optim.Optimizer, train_set, val_set,
     for iteration in range(1, settings.iters + 1):
         tokens, bounds, n_tokens = next(batches)
         start = time.perf_counter()
+        point("train_step")
         value, accumulated = micro_step(tokens, bounds, accumulated)
         mx.eval(value, accumulated)
         loss_value = value.item()

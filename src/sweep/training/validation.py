@@ -93,6 +93,9 @@ class Validation:
 
     def run(self, step: int, iteration: int, trained: int) -> Score:
         """An evaluation during training (step 0: the base model)."""
+        from sweep.faults import point
+
+        point("evaluation")
         start = time.perf_counter()
         result = self._score(self.subset)
         self.seconds += time.perf_counter() - start
