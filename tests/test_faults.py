@@ -87,16 +87,18 @@ def test_sigterm_to_a_sweep_leaves_nothing_running(tmp_path: Path, qa_file: Path
     assert "SIGTERM" in study.trials[0].user_attrs.get("fail_reason", "")
 
 
-def test_two_sweeps_started_at_once_on_fresh_stores(tmp_path: Path, qa_file: Path) -> None:
-    """Both create the Optuna and MLflow tables of new SQLite files at the same moment
-    (before: ``UNIQUE constraint failed: alembic_version`` in one of them)."""
+@pytest.mark.parametrize("n", [2, 3])
+def test_sweeps_started_at_once_on_fresh_stores(tmp_path: Path, qa_file: Path, n: int) -> None:
+    """All create the Optuna and MLflow tables of new SQLite files at the same moment
+    (before: ``UNIQUE constraint failed: alembic_version`` in one of two), then work one
+    study and one MLflow database together: exact counts, nothing RUNNING."""
     cmd = [sys.executable, "-m", "sweep", "-m",
            *tiny_overrides(tmp_path, qa_file, "train.iters=4"), "hydra.sweeper.n_trials=4",
            f"hydra.sweeper.storage=sqlite:///{tmp_path}/o.db", "hydra.sweeper.study_name=s",
            "eval.after_sweep=false", "registry.after_sweep=false"]
     processes = [subprocess.Popen([*cmd, f"hydra.sweep.dir={tmp_path}/sweep{i}"], cwd=ROOT,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for i in range(2)]
+                 for i in range(n)]
     outputs = [p.communicate(timeout=600) for p in processes]
     for process, (_, err) in zip(processes, outputs):
         assert process.returncode == 0, err[-3000:]
@@ -132,3 +134,61 @@ def test_a_bad_trial_fails_with_its_reason_and_the_sweep_goes_on(tmp_path: Path,
     runs = {r.data.tags.get("sweep.trial"): r for r in _runs(f"sqlite:///{tmp_path}/mlflow/m.db")}
     assert runs["1"].info.status == "FAILED" and reason in runs["1"].data.tags["sweep.fail_reason"]
     assert not [r for r in runs.values() if r.info.status == "RUNNING"]
+
+
+KILL_POINTS = ["model_import", "train_step", "train_step@3", "evaluation", "evaluation@2",
+               "save_adapter", "mlflow_log", "mlflow_log@4", "trial_end", "between_trials@2",
+               "report"]
+
+
+def test_kill_at_eleven_points_then_the_same_command_completes(tmp_path: Path,
+                                                               qa_file: Path) -> None:
+    """SIGKILL at each named point in turn (one run each, resuming the study), then the
+    same command without a fault: exactly n_trials finished, none lost or repeated,
+    nothing RUNNING, every finished trial's adapter artifact loadable, and the report
+    matching the study."""
+    import os
+
+    from mlflow.artifacts import download_artifacts
+
+    from sweep.config.schema import ModelConfig, ModelSource
+    from sweep.models.loader import load_base
+    from sweep.training.lora import load_adapter
+
+    n_trials = 5
+    db = f"sqlite:///{tmp_path}/mlflow/m.db"
+    cmd = [sys.executable, "-m", "sweep", "-m",
+           *tiny_overrides(tmp_path, qa_file, "train.iters=4"), f"hydra.sweeper.n_trials={n_trials}",
+           f"hydra.sweeper.storage=sqlite:///{tmp_path}/o.db", "hydra.sweeper.study_name=s",
+           f"hydra.sweep.dir={tmp_path}/sweep", f"cache_dir={tmp_path}/cache",
+           "eval.after_sweep=false", "registry.after_sweep=false"]
+    for spec in KILL_POINTS:
+        name, _, nth = spec.partition("@")
+        env = {**os.environ, "SWEEP_FAULT": f"{name}:kill" + (f"@{nth}" if nth else "")}
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+        assert out.returncode == -signal.SIGKILL, f"{spec}: {out.returncode}\n{out.stderr[-2000:]}"
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/o.db")
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == n_trials
+    assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    configs = [tuple(sorted(t.params.items())) for t in finished]
+    assert len(set(configs)) == len(configs)  # no trial repeated another
+    runs = _runs(db)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    by_trial = {r.data.tags.get("sweep.trial"): r for r in runs if "sweep.trial" in r.data.tags}
+    tiny = ModelConfig(name="tiny", source=ModelSource.tiny, path="tiny", quantize=False)
+    for t in finished:
+        run = by_trial[str(t.number)]
+        assert run.info.status in ("FINISHED", "KILLED")  # KILLED: pruned
+        local = Path(download_artifacts(run_id=run.info.run_id, artifact_path="adapter",
+                                        tracking_uri=db))
+        base = load_base(tiny, cache_dir=str(tmp_path / "cache"), seed=42)
+        load_adapter(base.model, local, "tiny")
+    best = study.best_trial
+    report = tmp_path / "sweep" / "report"
+    assert f"# best trial {best.number} of study 's'" in (report / "best_config.yaml").read_text()
+    assert (report / "best_adapter" / "adapters.safetensors").read_bytes() == (
+        Path(best.user_attrs["output_dir"]) / "adapter" / "adapters.safetensors").read_bytes()
