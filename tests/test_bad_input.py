@@ -81,3 +81,21 @@ def test_a_corrupt_model_folder_of_the_user_is_one_line(tmp_path: Path, qa_file:
     said = out.stdout + out.stderr
     assert out.returncode == 2, said[-2000:]
     assert f"model.path={folder}: cannot load" in said and "Traceback" not in said
+
+
+def test_a_train_split_smaller_than_the_batch_records_no_run(tmp_path: Path,
+                                                           qa_file: Path) -> None:
+    small = tmp_path / "small.jsonl"
+    small.write_text("".join(qa_file.read_text().splitlines(True)[:6]))
+    out = _sweep(*tiny_overrides(tmp_path, small, "train.batch_size=16"),
+                 f"hydra.run.dir={tmp_path}/run")
+    said = out.stdout + out.stderr
+    assert out.returncode == 2 and "fewer than train.batch_size=16" in said, said[-2000:]
+    assert f"data.path={small}" in said and "Traceback" not in said
+    db = tmp_path / "mlflow" / "m.db"
+    if db.exists():
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{db}")
+        experiment = client.get_experiment_by_name("sweep")
+        assert experiment is None or not client.search_runs([experiment.experiment_id])

@@ -159,6 +159,11 @@ def run_trial(
     train_set, val_set, cut = _fit_to_length(
         tokenize(splits.train, tokenizer, typed.data.mask_prompt),
         tokenize(splits.valid, tokenizer, typed.data.mask_prompt), typed.train)
+    if len(train_set) < typed.train.batch_size:  # found now, before a run is recorded
+        from sweep.data.records import DataError
+
+        raise DataError(f"data.path={typed.data.path}: the train split has {len(train_set)} "
+                        f"example(s), fewer than train.batch_size={typed.train.batch_size}")
     longest = max(len(train_set[i][0]) for i in range(len(train_set)))
     settings = train_settings(typed, len(train_set), longest)
     adapter_cfg = apply_lora(model, typed.lora, typed.seed)
