@@ -99,3 +99,14 @@ def test_a_train_split_smaller_than_the_batch_records_no_run(tmp_path: Path,
         client = MlflowClient(f"sqlite:///{db}")
         experiment = client.get_experiment_by_name("sweep")
         assert experiment is None or not client.search_runs([experiment.experiment_id])
+
+
+@pytest.mark.parametrize("override,message", [
+    ("lora.num_layers=99", "lora.num_layers=99: the model has 2 blocks"),
+    ("lora.keys=[self_attn.qproj]", "lora.keys: ['self_attn.qproj'] not found in a block"),
+])
+def test_bad_lora_settings_are_one_line(tmp_path: Path, qa_file: Path, override, message) -> None:
+    out = _sweep(*tiny_overrides(tmp_path, qa_file), f"hydra.run.dir={tmp_path}/run", override)
+    said = out.stdout + out.stderr
+    assert out.returncode == 2, said[-2000:]
+    assert message in said and "Traceback" not in said

@@ -11,7 +11,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
-from sweep.config.schema import LoraConfig
+from sweep.config.schema import ConfigError, LoraConfig
 
 __all__ = ["apply_lora", "adapter_config", "save_adapter", "load_adapter", "trainable_parameters",
            "ADAPTER_FILE", "ADAPTER_CONFIG_FILE"]
@@ -40,15 +40,15 @@ def apply_lora(model: nn.Module, cfg: LoraConfig, seed: int) -> Dict[str, Any]:
     adapter config. Unknown ``lora.keys`` are an error, not a silent no-op."""
     layers = model.layers
     if cfg.num_layers > len(layers):
-        raise ValueError(f"lora.num_layers={cfg.num_layers}: the model has {len(layers)} blocks")
+        raise ConfigError(f"lora.num_layers={cfg.num_layers}: the model has {len(layers)} blocks")
     if cfg.keys is not None:
         present = {name for name, _ in layers[0].named_modules()}
         missing = [k for k in cfg.keys if k not in present]
         if missing:
             linear = sorted(n for n, m in layers[0].named_modules()
                             if isinstance(m, (nn.Linear, nn.QuantizedLinear)))
-            raise ValueError(f"lora.keys: {missing} not found in a block of this model; "
-                             f"its linear layers are {linear}")
+            raise ConfigError(f"lora.keys: {missing} not found in a block of this model; "
+                              f"its linear layers are {linear}")
     config = adapter_config(cfg, len(layers))
     model.freeze()
     mx.random.seed(seed)
