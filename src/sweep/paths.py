@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 __all__ = ["cache_root", "cpu_id", "write_atomic", "sqlite_file", "ensure_sqlite_folder",
-           "sqlite_init_lock"]
+           "sqlite_init_lock", "mask_password"]
 
 
 def cache_root(cache_dir: Optional[str] = None) -> Path:
@@ -87,3 +87,10 @@ def sqlite_init_lock(url: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def mask_password(url: str) -> str:
+    """``scheme://user:***@host/...``: a URL as it may be shown (messages, logs)."""
+    import re
+
+    return re.sub(r"(//[^/:@]+):[^/@]*@", r"\1:***@", url)

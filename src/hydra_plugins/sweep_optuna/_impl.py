@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweep.optuna_link import HEARTBEAT_ATTR, PRUNER_ATTR, build_pruner
 from sweep.faults import point
-from sweep.paths import ensure_sqlite_folder, sqlite_init_lock
+from sweep.paths import ensure_sqlite_folder, mask_password, sqlite_init_lock
 
 from hydra_plugins.sweep_optuna._proposals import (Proposer, SpaceExhausted, SweepAborted,
                                                    build_sampler, frozen_trial, hydra_value,
@@ -102,8 +101,7 @@ class SweeperImpl:
                     grace_period=int(self.settings["grace_period"]))
         except Exception as error:  # an unreachable server, a bad URL, a missing driver
             first = str(getattr(error, "orig", None) or error).strip().splitlines()
-            shown = re.sub(r"(//[^/:@]+):[^/@]*@", r"\1:***@", url)
-            raise SweepAborted(f"hydra.sweeper.storage={shown}: cannot open the study's "
+            raise SweepAborted(f"hydra.sweeper.storage={mask_password(url)}: cannot open the study's "
                                f"storage ({type(error).__name__}: "
                                f"{first[0] if first else ''})") from None
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from sweep.config.schema import MlflowConfig
-from sweep.paths import ensure_sqlite_folder, sqlite_file, sqlite_init_lock
+from sweep.paths import ensure_sqlite_folder, mask_password, sqlite_file, sqlite_init_lock
 from sweep.training.events import EvalReport, Listener, TrainReport
 
 __all__ = ["MlflowTracker", "NullTracker", "artifact_location_for", "check_tracking"]
@@ -45,7 +45,7 @@ def check_tracking(cfg: MlflowConfig, timeout: float = 5.0) -> None:
 
         from urllib.parse import urlsplit, urlunsplit
 
-        shown = _without_password(uri)
+        shown = mask_password(uri)
         parts = urlsplit(uri)  # credentials go in MLFLOW_TRACKING_USERNAME / _PASSWORD
         probe = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))
         try:
@@ -57,12 +57,6 @@ def check_tracking(cfg: MlflowConfig, timeout: float = 5.0) -> None:
             raise SweepError(f"mlflow.tracking_uri={shown}: no MLflow server answers there "
                              f"({reason}); start one (mlflow server ...) or fix the URI, or "
                              "mlflow.enabled=false") from None
-
-
-def _without_password(uri: str) -> str:
-    import re
-
-    return re.sub(r"(//[^/:@]+):[^/@]*@", r"\1:***@", uri)
 
 
 class NullTracker(Listener):
