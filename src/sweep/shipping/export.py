@@ -12,7 +12,7 @@ checked by reading it back.
    (:mod:`sweep.models.gguf_export`), imported back with this project's own GGUF importer
    (:mod:`sweep.models.gguf`), and must give the same weights and the same answers;
    otherwise the export fails and nothing is written to ``output=``.
-4. ``Modelfile`` (Ollama) and ``sweep_export.json`` (what was exported, from what, and the
+4. ``Modelfile`` (Ollama, :mod:`sweep.shipping.modelfile`) and ``sweep_export.json`` (what was exported, from what, and the
    check) are written beside it. Everything is built in a staging folder and renamed
    into ``output=`` at the end.
 """
@@ -88,13 +88,6 @@ def _fuse(model, dequantize: bool) -> None:
         dequantize_model(model)
 
 
-def _is_quantized(model) -> bool:
-    import mlx.nn as nn
-
-    return any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))
-               for _, m in model.named_modules())
-
-
 def _model_config(base_path: str, quantized: bool, typed) -> Dict[str, Any]:
     """The base's config.json, with the quantization it now has (the loader may have
     quantized or dequantized the base in memory)."""
@@ -133,7 +126,8 @@ def export_target(cfg: DictConfig, overrides: Sequence[str] = ()) -> Exported:
 
     from sweep.config import to_typed
     from sweep.evaluation.heldout import trial_config
-    from sweep.models.loader import clear_cache, load_base
+    from sweep.models.loader import _is_quantized, clear_cache, load_base
+    from sweep.shipping.modelfile import write_modelfile
     from sweep.targets import resolve_target
     from sweep.training.lora import load_adapter
 
@@ -170,7 +164,8 @@ def export_target(cfg: DictConfig, overrides: Sequence[str] = ()) -> Exported:
                                                typed.export.check_tokens)
         _gguf(result, staging, fused, fused_tokenizer, config, prompts, typed, base_path)
         del fused
-        _write_modelfile(staging, fused_tokenizer, result)
+        if result.gguf is not None:
+            write_modelfile(staging, fused_tokenizer, GGUF_NAME)
         _write_record(staging, result, target, base_path, typed)
         _publish(staging, out)
     except BaseException:
@@ -248,37 +243,6 @@ def _difference(written, read) -> float:
     if written.dtype == mx.bfloat16:
         written = written.astype(mx.float32).astype(mx.float16)
     return mx.abs(read.astype(mx.float32) - written.astype(mx.float32)).max().item()
-
-
-def _default_system(tokenizer) -> Optional[str]:
-    """The system message a ChatML template adds when a conversation has none."""
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False,
-                                         add_generation_prompt=True)
-    head = "<|im_start|>system\n"
-    if isinstance(text, str) and text.startswith(head) and "<|im_end|>" in text:
-        return text[len(head):text.index("<|im_end|>")]
-    return None
-
-
-def _write_modelfile(folder: Path, tokenizer, result: Exported) -> None:
-    if result.gguf is None:
-        return
-    template = getattr(tokenizer, "chat_template", None) or ""
-    lines = ["# Ollama: ollama create <name> -f Modelfile && ollama run <name>",
-             f"FROM ./{GGUF_NAME}"]
-    if "<|im_start|>" in template:  # ChatML, as the model was trained with
-        lines += ['TEMPLATE """{{- if .System }}<|im_start|>system',
-                  '{{ .System }}<|im_end|>', '{{ end }}{{- range .Messages }}<|im_start|>'
-                  '{{ .Role }}', '{{ .Content }}<|im_end|>', '{{ end }}<|im_start|>assistant',
-                  '"""', 'PARAMETER stop "<|im_end|>"']
-        system = _default_system(tokenizer)
-        if system:
-            lines.append(f'SYSTEM """{system}"""')
-    else:
-        lines.append("# the chat template is the GGUF's tokenizer.chat_template, which "
-                     "Ollama reads")
-    lines.append("PARAMETER temperature 0")
-    (folder / "Modelfile").write_text("\n".join(lines) + "\n")
 
 
 def _write_record(folder: Path, result: Exported, target, base_path: str, typed) -> None:
