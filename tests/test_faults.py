@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from conftest import ROOT, tiny_overrides
+from hydra_plugins.sweep_optuna._proposals import ran
 from sweep.paths import sqlite_init_lock
 
 pytestmark = pytest.mark.slow
@@ -107,7 +108,10 @@ def test_sweeps_started_at_once_on_fresh_stores(tmp_path: Path, qa_file: Path, n
     assert len(finished) == 4 and len({t.number for t in study.trials}) == len(study.trials)
     runs = _runs(f"sqlite:///{tmp_path}/mlflow/m.db")
     assert not [r for r in runs if r.info.status == "RUNNING"]
-    assert len([r for r in runs if "sweep.trial" in r.data.tags]) == len(study.trials)
+    # a trial asked after the others took n_trials never ran: FAIL, marked, and no run
+    launched = [t for t in study.trials if ran(t)]
+    assert all(t.state == TrialState.FAIL for t in study.trials if not ran(t))
+    assert len([r for r in runs if "sweep.trial" in r.data.tags]) == len(launched)
 
 
 @pytest.mark.parametrize("fault,reason", [

@@ -277,3 +277,44 @@ def test_a_covered_space_stops_the_sweep_cleanly(tmp_path: Path) -> None:
     assert "all 2 configurations of the search space have run" in out.stdout + out.stderr
     s = study_of(tmp_path)
     assert len(s.trials) == 2 and sorted(t.params["lora.rank"] for t in s.trials) == [4, 8]
+
+
+def test_processes_that_count_together_never_exceed_n_trials(tmp_path: Path) -> None:
+    """Six processes count 0 of 3 trials taken at the same moment, then all ask: the
+    three with the lowest numbers run, the others are told FAIL as never run (CI saw 5
+    finished trials of 4 with 3 sweeps before the count after ``ask``)."""
+    space = parse_search_space(LORA)
+    sweepers = [open_sweeper(tmp_path, "random") for _ in range(6)]
+    start, ran_numbers, not_run, errors = threading.Barrier(len(sweepers)), [], [], []
+
+    def work(impl: SweeperImpl, study: optuna.Study) -> None:
+        try:
+            start.wait()
+            trial = impl.proposer.propose(study, space, limit=3)
+            ran_numbers.append(trial.number)
+        except _proposals.QuotaReached:
+            not_run.append(1)
+        except BaseException as error:  # noqa: BLE001  (reported below)
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=pair) for pair in sweepers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    study = sweepers[0][1]
+    assert sorted(ran_numbers) == [0, 1, 2] and len(not_run) == 3
+    left = study.get_trials(states=(TrialState.FAIL,))
+    assert [t.number for t in left] == [3, 4, 5]
+    assert all(not _proposals.ran(t) and "n_trials=3" in t.user_attrs["fail_reason"]
+               for t in left)
+    # a trial that failed frees its place; one that is finished does not
+    tell_fail(study, ran_numbers[0], None)
+    assert impl_number(sweepers[0], space, 3) == 6
+    with pytest.raises(_proposals.QuotaReached):
+        sweepers[1][0].proposer.propose(sweepers[1][1], space, limit=3)
+
+
+def impl_number(pair: Tuple[SweeperImpl, optuna.Study], space: SearchSpace, limit: int) -> int:
+    return pair[0].proposer.propose(pair[1], space, limit=limit).number

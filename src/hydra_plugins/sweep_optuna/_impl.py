@@ -34,9 +34,9 @@ from sweep.optuna_link import HEARTBEAT_ATTR, PRUNER_ATTR, build_pruner
 from sweep.faults import point
 from sweep.paths import ensure_sqlite_folder, mask_password, sqlite_init_lock
 
-from hydra_plugins.sweep_optuna._proposals import (Proposer, SpaceExhausted, SweepAborted,
-                                                   build_sampler, frozen_trial, hydra_value,
-                                                   owner_died, tell_fail)
+from hydra_plugins.sweep_optuna._proposals import (Proposer, QuotaReached, SpaceExhausted,
+                                                   SweepAborted, build_sampler, frozen_trial,
+                                                   hydra_value, owner_died, ran, tell_fail)
 from hydra_plugins.sweep_optuna._winner import EVALUATED_ATTR, evaluate_best, register_best
 from hydra_plugins.sweep_optuna._search_space import (SearchSpace, SearchSpaceError,
                                                       parse_search_space)
@@ -161,7 +161,7 @@ class SweeperImpl:
         return out
 
     def run_one(self, study: optuna.Study, space: SearchSpace, parent: Optional[str]) -> Any:
-        trial = self.propose(study, space)
+        trial = self.proposer.propose(study, space, limit=int(self.settings["n_trials"]))
         params = [f"{k}={hydra_value(v)}" for k, v in trial.params.items()]
         overrides = space.fixed + params + self._link_overrides(study, trial.number, parent)
         log.info("trial %d: %s", trial.number, " ".join(params))
@@ -219,7 +219,7 @@ class SweeperImpl:
         failures do not count: after a mistake is fixed (a typo in a searched key, a
         missing data file), the same command goes on with the study."""
         trials = [t for t in study.get_trials(deepcopy=False, states=FINISHED + (TrialState.FAIL,))
-                  if t.number >= self._first_trial]
+                  if t.number >= self._first_trial and ran(t)]
         failed = [t for t in trials if t.state == TrialState.FAIL]
         rate, limit = len(failed) / max(len(trials), 1), float(self.settings["max_failure_rate"])
         enough = len(trials) >= int(self.settings["min_trials_for_failure_rate"])
@@ -278,6 +278,9 @@ class SweeperImpl:
                 point("between_trials")
                 try:
                     results.append(self.run_one(study, space, parent))
+                except QuotaReached as done:  # the loop's count decides
+                    log.info("trial not run: %s", done)
+                    continue
                 except SpaceExhausted as done:
                     log.info("Stopping: %s (hydra.sweeper.n_trials=%d cannot be reached "
                              "without repeating one)", done, n_trials)

@@ -31,6 +31,8 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from hydra_plugins.sweep_optuna._proposals import ran
+
 __all__ = ["write_plots", "history_figure", "parallel_figure", "importance_figure",
            "intermediate_figure", "pareto_figure", "importances", "objective_names",
            "MIN_COMPLETE_FOR_IMPORTANCES", "PRUNED_LABEL"]
@@ -68,7 +70,7 @@ def _points(study: optuna.Study) -> Tuple[List[Tuple[FrozenTrial, float]], Dict[
     comparable = objective_names(study)[0] == "val_loss"
     points: List[Tuple[FrozenTrial, float]] = []
     left_out: Dict[str, List[int]] = {}
-    for t in study.get_trials(deepcopy=False):
+    for t in filter(ran, study.get_trials(deepcopy=False)):
         value = None
         if t.state == TrialState.COMPLETE and t.values:
             value = t.values[0]

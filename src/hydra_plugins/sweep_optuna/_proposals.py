@@ -29,8 +29,8 @@ from hydra_plugins.sweep_optuna._search_space import SearchSpace, grid_values
 
 __all__ = ["SweepAborted", "SpaceExhausted", "Proposer", "build_sampler", "trial_seed",
            "suggest", "config_key", "draw", "finite_points", "hydra_value", "owner_died",
-           "frozen_trial", "tell_fail", "TAKEN", "MAX_DRAWS", "MAX_POINTS",
-           "EARLIER_TRIALS_WAIT"]
+           "frozen_trial", "tell_fail", "ran", "TAKEN", "MAX_DRAWS", "MAX_POINTS",
+           "EARLIER_TRIALS_WAIT", "NOT_RUN_ATTR", "QuotaReached"]
 
 log = logging.getLogger("sweep.sweeper")
 
@@ -39,6 +39,9 @@ TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.
 MAX_DRAWS = 20  # draws of one trial before taking a free point of a discrete space at random
 MAX_POINTS = 100_000  # larger discrete spaces are not listed
 EARLIER_TRIALS_WAIT = 30.0  # seconds a trial waits for the params of the trials before it
+# user attr of a trial that was asked but never launched (n_trials already taken by others,
+# the last configurations taken): FAIL in Optuna, left out of counts, rates and reports
+NOT_RUN_ATTR = "not_run"
 
 
 class SweepAborted(RuntimeError):
@@ -47,6 +50,15 @@ class SweepAborted(RuntimeError):
 
 class SpaceExhausted(Exception):
     """Every configuration of a discrete search space has run or is running."""
+
+
+class QuotaReached(Exception):
+    """Other processes took the last of ``n_trials`` between our count and our ask."""
+
+
+def ran(t: FrozenTrial) -> bool:
+    """False for a trial that was asked but never launched (``NOT_RUN_ATTR``)."""
+    return NOT_RUN_ATTR not in t.user_attrs
 
 
 def build_sampler(name: str, kwargs: Dict[str, Any], seed: int, space: SearchSpace,
@@ -208,6 +220,12 @@ def tell_fail(study: optuna.Study, trial: Union[optuna.trial.Trial, int],
         study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
 
 
+def tell_not_run(study: optuna.Study, trial: optuna.trial.Trial, reason: str) -> None:
+    """FAIL, marked as a trial that was never launched (``ran`` is False for it)."""
+    trial.set_user_attr(NOT_RUN_ATTR, True)
+    tell_fail(study, trial, reason)
+
+
 def _pid_alive(pid: Any) -> bool:
     try:
         os.kill(int(pid), 0)
@@ -249,9 +267,16 @@ class Proposer:
         return build_sampler(self.name, self.kwargs, self.seed, space, self.multi_objective,
                              draw_seed)
 
-    def propose(self, study: optuna.Study, space: SearchSpace) -> optuna.trial.Trial:
+    def propose(self, study: optuna.Study, space: SearchSpace,
+                limit: Optional[int] = None) -> optuna.trial.Trial:
         """A new RUNNING trial whose params no COMPLETE, PRUNED, RUNNING or WAITING trial
-        of the study has; raises SpaceExhausted if a discrete space has none left."""
+        of the study has; raises SpaceExhausted if a discrete space has none left, and
+        QuotaReached if ``limit`` trials numbered before it are finished or running.
+
+        Counting before ``ask`` is not enough: processes that count at the same moment
+        all ask. Trial numbers are unique and ordered, so each process then counts the
+        taken trials numbered before its own; only those under ``limit`` run, so the
+        study never gets more than ``limit`` finished trials, whatever the races."""
         points = finite_points(space.distributions)
         if points is not None and not {config_key(p) for p in points} - self._taken(study, -1):
             raise SpaceExhausted(f"all {len(points)} configurations of the search space "
@@ -259,6 +284,13 @@ class Proposer:
         trial = study.ask()  # its number first: the draw's seed depends on it
         trial.set_user_attr("sweeper_host", socket.gethostname())
         trial.set_user_attr("sweeper_pid", os.getpid())
+        if limit is not None:
+            ahead = sum(1 for t in study.get_trials(deepcopy=False, states=TAKEN)
+                        if t.number < trial.number and ran(t))
+            if ahead >= limit:
+                tell_not_run(study, trial, f"not run: {ahead} trials before it took "
+                                           f"hydra.sweeper.n_trials={limit}")
+                raise QuotaReached(f"{ahead} trials before trial {trial.number} took them")
         try:
             self._wait_for_earlier(study, trial.number)
             params = self._draw_new(study, space, trial.number, points)
@@ -266,7 +298,7 @@ class Proposer:
             tell_fail(study, trial, f"no proposal: {type(error).__name__}: {error}")
             raise
         if params is None:  # a race with another process for the last points
-            tell_fail(study, trial, "search space exhausted")
+            tell_not_run(study, trial, "not run: search space exhausted")
             raise SpaceExhausted("another process took the last configurations")
         with _sampler(study, _Chosen(params)):  # no sampler hook runs on these calls
             for name, distribution in space.distributions.items():

@@ -22,6 +22,7 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
+from hydra_plugins.sweep_optuna._proposals import ran
 from hydra_plugins.sweep_optuna._search_space import SearchSpace
 
 log = logging.getLogger("sweep.sweeper")
@@ -54,7 +55,7 @@ def leaderboard(study: optuna.Study) -> List[Dict[str, Any]]:
         return (_ORDER.get(t.state, 9), primary if primary is not None else math.inf, t.number)
 
     rows = []
-    for rank, t in enumerate(sorted(study.trials, key=sort_key), start=1):
+    for rank, t in enumerate(sorted(filter(ran, study.trials), key=sort_key), start=1):
         row: Dict[str, Any] = {"rank": rank, "trial": t.number, "state": t.state.name}
         for i, name in enumerate(objectives):
             row[name] = t.values[i] if t.values and len(t.values) > i else None
@@ -239,7 +240,7 @@ class StudyReport:
                 for k, v in best[0].params.items():
                     self.client.set_tag(self.run_id, f"best.{k}", str(v))
             counts = {s.name: 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
-            for t in self.study.trials:
+            for t in filter(ran, self.study.trials):
                 if t.state.name in counts:
                     counts[t.state.name] += 1
             for state, n in counts.items():
