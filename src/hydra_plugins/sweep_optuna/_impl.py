@@ -234,6 +234,22 @@ class SweeperImpl:
             f"the last: {reason}. Fix the cause and run the same command again: the study "
             "goes on, and only the new run's trials count towards the rate")
 
+    def refuse_secrets(self) -> None:
+        """No password in the storage URL or the task's config (``sweep.secrets``):
+        before multirun.yaml, the jobs' overrides and their runs would copy it."""
+        from sweep.secrets import SecretInConfig, refuse_in_values, walk
+
+        try:
+            refuse_in_values([("hydra.sweeper.storage", self.settings["storage"])])
+            for key in self.config:
+                if key != "hydra":
+                    node = self.config[key]
+                    if isinstance(node, (DictConfig, ListConfig)):
+                        node = OmegaConf.to_container(node, resolve=True)
+                    refuse_in_values(walk(node, f"{key}."))
+        except SecretInConfig as error:
+            raise SweepAborted(str(error)) from None
+
     def _start_workers(self) -> List[subprocess.Popen]:
         n = int(self.settings["n_workers"])
         if n <= 1 or os.environ.get(WORKER_ENV):
@@ -255,6 +271,7 @@ class SweeperImpl:
         for key in ("n_trials", "n_workers"):
             if int(self.settings[key]) < 1:
                 raise SweepAborted(f"hydra.sweeper.{key}={self.settings[key]}: must be >= 1")
+        self.refuse_secrets()
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")

@@ -81,6 +81,9 @@ def _terminate(signum, frame) -> None:
 
 
 def main() -> None:
+    from sweep.secrets import refuse_in_argv
+
+    refuse_in_argv("sweep")  # before Hydra writes the command line anywhere
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         app()

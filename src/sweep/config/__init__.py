@@ -105,6 +105,9 @@ def to_typed(cfg: DictConfig) -> SweepConfig:
             raise cause from None
         raise
     assert isinstance(typed, SweepConfig)
+    from sweep.secrets import refuse_in_values
+
+    refuse_in_values(flatten(typed).items())  # credentials come from the environment
     return typed
 
 
