@@ -110,3 +110,16 @@ def test_bad_lora_settings_are_one_line(tmp_path: Path, qa_file: Path, override,
     said = out.stdout + out.stderr
     assert out.returncode == 2, said[-2000:]
     assert message in said and "Traceback" not in said
+
+
+@pytest.mark.parametrize("multirun", [False, True])
+def test_a_run_folder_under_a_file(tmp_path: Path, qa_file: Path, multirun: bool) -> None:
+    """Hydra makes the folder before any code of ours; the callback makes it first."""
+    (tmp_path / "file").write_text("x")
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    out = _sweep(*tiny_overrides(tmp_path, qa_file), f"{key}={tmp_path}/file/out",
+                 multirun=multirun)
+    said = out.stdout + out.stderr
+    assert out.returncode == 2 and "Traceback" not in said, said[-2000:]
+    assert said.strip() == f"sweep: {key}={tmp_path}/file/out: {tmp_path}/file is a file, not a folder"
+    assert (tmp_path / "file").read_text() == "x" and not (tmp_path / "mlflow").exists()

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 __all__ = ["cache_root", "cpu_id", "write_atomic", "sqlite_file", "ensure_sqlite_folder",
-           "sqlite_init_lock", "mask_password"]
+           "sqlite_init_lock", "mask_password", "ensure_folder"]
 
 
 def cache_root(cache_dir: Optional[str] = None) -> Path:
@@ -48,22 +48,30 @@ def sqlite_file(url: str) -> Optional[Path]:
     return Path(url[len("sqlite:///"):]).expanduser().resolve()
 
 
+def ensure_folder(folder: Path, key: str, value: str) -> None:
+    """Makes ``folder``; one that cannot be made (a file in the way, no permission) is
+    a SweepError naming ``key=value``."""
+    from sweep.errors import SweepError
+
+    folder = Path(folder).expanduser().absolute()
+    blocking = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise SweepError(f"{key}={value}: {blocking} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SweepError(f"{key}={value}: cannot create {folder} "
+                         f"({error.strerror or type(error).__name__})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SweepError(f"{key}={value}: {folder} is not writable")
+
+
 def ensure_sqlite_folder(url: str, key: str = "the database URL") -> None:
     """SQLite creates the database file but not its folder; a folder that cannot be
     made (a file in the way, no permission) is a SweepError naming ``key``."""
-    from sweep.errors import SweepError
-
     path = sqlite_file(url)
-    if path is None:
-        return
-    blocking = next((p for p in path.parents if p.exists()), None)
-    if blocking is not None and not blocking.is_dir():
-        raise SweepError(f"{key}={url}: {blocking} is a file, not a folder")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise SweepError(f"{key}={url}: cannot create {path.parent} "
-                         f"({error.strerror or type(error).__name__})") from None
+    if path is not None:
+        ensure_folder(path.parent, key, url)
 
 
 @contextmanager
