@@ -1,6 +1,9 @@
 """Tokenize examples with the model's chat template and cut them into padded batches.
 
-Tokenization reuses mlx-lm's ``ChatDataset``/``TextDataset`` (prompt masking included).
+Tokenization reuses mlx-lm's ``ChatDataset``/``TextDataset``, except that with prompt
+masking the answer is tokenized after the prompt, as generation will see it: mlx-lm
+tokenizes the whole conversation and cuts it at the prompt's length, which is off by a
+token when the answer starts with two blanks (BPE merges them with the prompt's last "\n").
 The batch iterator is this project's own: mlx-lm's reseeds NumPy's *global* RNG and
 prints a warning per truncated batch; this one takes a private ``Generator`` so that the
 validation batches are the same at every evaluation and the train order follows ``seed``.
@@ -8,8 +11,10 @@ validation batches are the same at every evaluation and the train order follows 
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import mlx.core as mx
 import numpy as np
@@ -18,16 +23,55 @@ from mlx_lm.tuner.datasets import CacheDataset, ChatDataset, TextDataset
 from sweep.data.records import DataError, Example
 
 __all__ = ["tokenize", "iterate_batches", "count_batches", "eval_batches", "Truncation",
-           "truncation", "Subset"]
+           "truncation", "Subset", "unencodable"]
+
+log = logging.getLogger(__name__)
 
 PAD_MULTIPLE = 32
 
 
+class _ChatDataset(ChatDataset):
+    def process(self, d):
+        messages = d[self.chat_key]
+        if not self.mask_prompt or messages[-1].get("role") != "assistant":
+            return super().process(d)
+        render = self.tokenizer.apply_chat_template
+        prompt = render(messages[:-1], add_generation_prompt=True, tokenize=False)
+        whole = render(messages, tokenize=False)
+        if not whole.startswith(prompt):  # a template that renders earlier turns differently
+            return super().process(d)
+        ids = self.tokenizer.encode(prompt, add_special_tokens=False)
+        return ids + self.tokenizer.encode(whole[len(prompt):], add_special_tokens=False), len(ids)
+
+
+def _strings(example: Example) -> Iterator[str]:
+    if "text" in example:
+        yield example["text"]
+    for message in example.get("messages", ()):
+        yield message["content"]
+
+
+def unencodable(examples: List[Example], tokenizer: Any) -> Dict[str, int]:
+    """Characters the tokenizer drops or garbles, and in how many examples each is.
+    SmolLM2's byte-level vocabulary lacks 6 control characters and the lead bytes of
+    U+40000-U+BFFFF: without a check they vanish from the tokens and nothing says so."""
+    seen: Counter = Counter()
+    for example in examples:
+        seen.update(set("".join(_strings(example))))
+    bad = {c for c in seen if tokenizer.decode(tokenizer.encode(c, add_special_tokens=False)) != c}
+    return {c: seen[c] for c in sorted(bad)}
+
+
 def tokenize(examples: List[Example], tokenizer: Any, mask_prompt: bool) -> CacheDataset:
     """A lazily tokenized dataset of ``(tokens, prompt_length)`` pairs."""
+    bad = unencodable(examples, tokenizer)
+    if bad:
+        shown = ", ".join(f"U+{ord(c):04X} in {n} example(s)" for c, n in list(bad.items())[:8])
+        log.warning("%d character(s) that the tokenizer cannot encode are left out of the "
+                    "tokens: %s%s", len(bad), shown, ", ..." if len(bad) > 8 else "")
     if examples and "text" in examples[0]:
         return CacheDataset(TextDataset(examples, tokenizer))
-    return CacheDataset(ChatDataset(examples, tokenizer, mask_prompt=mask_prompt))
+    return CacheDataset(_ChatDataset(examples, tokenizer, mask_prompt=mask_prompt))
 
 
 def count_batches(dataset: CacheDataset, batch_size: int) -> int:

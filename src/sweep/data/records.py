@@ -151,8 +151,9 @@ def _check_string(value: str, what: str) -> None:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as error:  # json.loads lets "\ud83d" through; tokenizers refuse it
-        raise ValueError(f"{what} holds an unpaired surrogate \\u{ord(value[error.start]):04x} "
-                         f"at character {error.start + 1} (half of an escaped UTF-16 pair)") from None
+        char = f"\\u{ord(value[error.start]):04x}"
+        raise ValueError(f"{what} holds an unpaired surrogate {char} at character "
+                         f"{error.start + 1} (half of an escaped UTF-16 pair)") from None
 
 
 def _text(record: Dict[str, Any], key: str, optional: bool = False) -> str:
