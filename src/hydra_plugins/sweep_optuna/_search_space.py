@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Dict, List, Mapping
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
+from hydra.core.override_parser.types import (ChoiceSweep, IntervalSweep, Override,
+                                              QuotedString, RangeSweep)
 from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
                                   IntDistribution)
 
@@ -31,12 +33,22 @@ class SearchSpace:
     fixed: List[str]  # overrides applied to every trial ("key=value")
 
 
+def _finite(key: str, what: str, *numbers: Any) -> None:
+    if not all(isinstance(n, int) or math.isfinite(n) for n in numbers):
+        raise SearchSpaceError(f"{key}: {what}{tuple(numbers)} needs finite numbers")
+
+
 def _range_values(key: str, sweep: RangeSweep) -> List[Any]:
     start, stop, step = sweep.start, sweep.stop, sweep.step
+    _finite(key, "range", start, stop, step)
     if step == 0 or (stop - start) / step <= 0:
         raise SearchSpaceError(f"{key}: range({start}, {stop}, {step}) is empty")
-    count = math.ceil((stop - start) / step - 1e-9)
-    return [start + i * step for i in range(count)]
+    if all(isinstance(v, int) for v in (start, stop, step)):
+        return list(range(start, stop, step))
+    # in decimal, as written: 0.55 - 10 * 0.05 in floats is 0.050000000000000044, and
+    # Optuna then drops the top value to fit the step
+    start, stop, step = (Decimal(v if isinstance(v, int) else repr(v)) for v in (start, stop, step))
+    return [float(start + i * step) for i in range(math.ceil((stop - start) / step))]
 
 
 def to_distribution(key: str, value: Any) -> BaseDistribution:
@@ -50,26 +62,34 @@ def to_distribution(key: str, value: Any) -> BaseDistribution:
     if isinstance(value, ChoiceSweep):
         if log:
             raise SearchSpaceError(f"{key}: tag(log, ...) needs an interval or a range, not a choice")
-        choices = list(value.list)
+        choices = [c.text if isinstance(c, QuotedString) else c for c in value.list]
         if not choices:
             raise SearchSpaceError(f"{key}: choice() is empty")
-        if len(set(map(repr, choices))) != len(choices):
-            raise SearchSpaceError(f"{key}: choice{tuple(choices)} repeats a value")
+        for i, c in enumerate(choices):  # Optuna tells 1, 1.0 and true apart by == only
+            same = [d for d in choices[:i] if repr(d) == repr(c) or d == c]
+            if same:
+                raise SearchSpaceError(f"{key}: choice{tuple(choices)} repeats a value "
+                                       f"({same[0]!r} and {c!r} are one value to Optuna)")
         if not all(c is None or isinstance(c, (bool, int, float, str)) for c in choices):
             raise SearchSpaceError(f"{key}: choices must be numbers, strings or booleans")
         return CategoricalDistribution(choices)
     if isinstance(value, RangeSweep):
         values = _range_values(key, value)
+        low, high, step = min(values), max(values), abs(value.step)  # a step may count down
         if all(isinstance(v, int) for v in (value.start, value.stop, value.step)):
             if log and value.step != 1:
                 raise SearchSpaceError(f"{key}: tag(log, range(...)) needs step 1")
-            return IntDistribution(values[0], values[-1], log=log, step=value.step)
+            if log and low < 1:
+                raise SearchSpaceError(f"{key}: tag(log, range({value.start}, {value.stop})) "
+                                       "needs a start >= 1")
+            return IntDistribution(low, high, log=log, step=step)
         if log:
             raise SearchSpaceError(f"{key}: tag(log, ...) on a float range; use interval()")
-        return FloatDistribution(values[0], values[-1], step=value.step) if len(values) > 1 \
+        return FloatDistribution(low, high, step=step) if len(values) > 1 \
             else CategoricalDistribution(values)
     if isinstance(value, IntervalSweep):
         low, high = value.start, value.end
+        _finite(key, "interval", low, high)
         if low >= high:
             raise SearchSpaceError(f"{key}: interval({low}, {high}) is empty")
         if log and low <= 0:
@@ -78,6 +98,13 @@ def to_distribution(key: str, value: Any) -> BaseDistribution:
             return IntDistribution(low, high, log=log)
         return FloatDistribution(float(low), float(high), log=log)
     raise SearchSpaceError(f"{key}: {value!r} is not a sweep")
+
+
+def _reason(error: Exception) -> str:
+    """Hydra's parse error in one line (it adds the override and a link around it)."""
+    lines = [x.strip() for x in str(error).splitlines() if x.strip()]
+    kept = [x for x in lines if not x.startswith(("Error parsing override", "See https://"))]
+    return "; ".join(kept or lines) or type(error).__name__
 
 
 def parse_search_space(params: Mapping[str, str], extra: List[str] = ()) -> SearchSpace:
@@ -90,7 +117,8 @@ def parse_search_space(params: Mapping[str, str], extra: List[str] = ()) -> Sear
         try:
             override: Override = parser.parse_overrides([line])[0]
         except Exception as error:  # Hydra's grammar error says where it failed
-            raise SearchSpaceError(f"cannot parse '{line}': {error}") from None
+            shown = line.replace("\n", "\\n").replace("\r", "\\r")
+            raise SearchSpaceError(f"cannot parse '{shown}': {_reason(error)}") from None
         key = override.get_key_element()
         distributions.pop(key, None)
         fixed.pop(key, None)
