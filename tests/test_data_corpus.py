@@ -437,10 +437,24 @@ E2E = {
 }
 
 
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory) -> Path:
+    """An MLflow SQLite store with its tables made, so that "no run" means something."""
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path_factory.mktemp("store") / "m.db"
+    MlflowClient(f"sqlite:///{db}").search_experiments()
+    return db
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("make,message", E2E.values(), ids=E2E.keys())
-def test_bad_data_through_the_cli(tmp_path: Path, make, message) -> None:
+def test_bad_data_through_the_cli(tmp_path: Path, empty_store: Path, make, message) -> None:
+    import shutil
+
     path = make(tmp_path)
+    (tmp_path / "mlflow").mkdir()
+    db = Path(shutil.copy(empty_store, tmp_path / "mlflow" / "m.db"))
     cmd = [sys.executable, "-m", "sweep", *tiny_overrides(tmp_path, path),
            f"hydra.run.dir={tmp_path}/run"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -450,10 +464,8 @@ def test_bad_data_through_the_cli(tmp_path: Path, make, message) -> None:
     errors = [line for line in said.splitlines() if "[ERROR]" in line]
     assert len(errors) == 1 and message.format(path=path) in errors[0], said[-2000:]
     assert said.rstrip().endswith(errors[0])  # nothing after it: one line
-    db = tmp_path / "mlflow" / "m.db"
-    if db.exists():
-        from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(f"sqlite:///{db}")
-        experiments = [e.experiment_id for e in client.search_experiments()]
-        assert not client.search_runs(experiments)  # none FINISHED, none at all
+    client = MlflowClient(f"sqlite:///{db}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    assert not client.search_runs(experiments)  # none FINISHED, none at all
