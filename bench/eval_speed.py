@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-import sweep  # noqa: F401  (fast BLAS before mlx)
+from sweep import runtime
 from sweep.config import compose, to_typed
 
 
@@ -23,6 +23,7 @@ def main() -> None:
                         help="questions answered one at a time (the slow baseline)")
     parser.add_argument("--batch-size", type=int, default=None)
     args = parser.parse_args()
+    runtime.setup()  # before mlx is imported
     sys.path.insert(0, str(Path(__file__).parent))
     from run import Row, machine, print_table
 

@@ -26,8 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import sweep  # noqa: F401  (fast BLAS before mlx)
-from sweep import paths
+from sweep import paths, runtime
 from sweep.config import compose
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -255,7 +254,8 @@ def overhead(args) -> Dict[str, float]:
 
 RSS_SCRIPT = r"""
 import resource, sys, tempfile
-import sweep
+import sweep.runtime
+sweep.runtime.setup()
 from sweep.config import compose
 from sweep.trial import run_trial
 with tempfile.TemporaryDirectory() as tmp:
@@ -286,6 +286,7 @@ def main() -> None:
     parser.add_argument("--curves", type=Path, help="replay the sweep-efficiency strategies "
                         "from grid curves saved by an earlier run instead of training the grid")
     args = parser.parse_args()
+    runtime.setup()  # before mlx is imported
     args.model = "tiny" if args.quick else "smollm2_135m"
     args.batch, args.length, args.rank, args.layers = 4, 160, 8, (2 if args.quick else 16)
     args.steps, args.warmup = (4, 1) if args.quick else (12, 2)

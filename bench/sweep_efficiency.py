@@ -210,8 +210,10 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from run import print_table, Row  # noqa: E402
 
-    from sweep import paths
+    from sweep import paths, runtime
     from sweep.config import compose
+
+    runtime.setup()  # the grid's trials train here, before mlx is imported
 
     if args.curves:
         curves, grid = load_curves(args.curves)

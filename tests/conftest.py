@@ -1,6 +1,7 @@
 """Shared fixtures: compose the real config tree; tiny models; temporary MLflow stores.
 
-``import sweep`` comes first so that MLX gets the fast BLAS in the test process too.
+``sweep.runtime.setup()`` comes first so that MLX gets the fast path (BLAS, kernels, heap)
+in the test process too, as the commands do.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ import sys
 from pathlib import Path
 from typing import Callable, List, Sequence
 
-import sweep  # noqa: F401  (loads the fast BLAS before anything imports mlx)
 import pytest
 from omegaconf import DictConfig
 
+from sweep import runtime
 from sweep.config import CONFIG_DIR, compose
+
+runtime.setup()  # before any test module imports mlx
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = CONFIG_DIR

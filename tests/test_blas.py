@@ -1,5 +1,7 @@
 """MLX's CPU matmuls really go to the fast BLAS (checked by who answers, not by timing),
-and ``auto`` picks the faster of OpenBLAS and MKL by measuring them once per CPU."""
+and ``auto`` picks the faster of OpenBLAS and MKL by measuring them once per CPU. The BLAS
+is loaded by ``sweep.runtime.setup()`` (conftest calls it here; the snippets below, run in
+fresh processes, call it first as the commands do)."""
 
 from __future__ import annotations
 
@@ -20,11 +22,18 @@ linux_x86 = pytest.mark.skipif(
 )
 
 
-def _python(code: str, **env: str) -> str:
+SETUP = "import sweep.runtime; sweep.runtime.setup(); "
+
+
+def _run(code: str, **env: str) -> subprocess.CompletedProcess:
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env},
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    return out.stdout
+    return out
+
+
+def _python(code: str, **env: str) -> str:
+    return _run(code, **env).stdout
 
 
 @linux_x86
@@ -38,7 +47,7 @@ def test_fast_blas_is_chosen_and_resolves_cblas_sgemm() -> None:
 
 @linux_x86
 def test_mlx_matmul_calls_openblas_through_the_shim() -> None:
-    code = ("import sweep, mlx.core as mx; from sweep.blas import shim_calls, blas_choice; "
+    code = (SETUP + "import mlx.core as mx; from sweep.blas import shim_calls, blas_choice; "
             "before = shim_calls(); a = mx.ones((256, 256)); mx.eval(a @ a); "
             "print(blas_choice().name, before, shim_calls())")
     name, before, after = _python(code, SWEEP_BLAS="openblas").split()
@@ -48,7 +57,7 @@ def test_mlx_matmul_calls_openblas_through_the_shim() -> None:
 @linux_x86
 def test_mlx_matmul_calls_mkl() -> None:
     """MKL_VERBOSE makes MKL print every call: an MLX matmul must show up as SGEMM."""
-    code = ("import sweep, mlx.core as mx; a = mx.ones((256, 256)); "
+    code = (SETUP + "import mlx.core as mx; a = mx.ones((256, 256)); "
             "mx.eval(a @ a); print('done')")
     out = _python(code, SWEEP_BLAS="mkl", MKL_VERBOSE="1")
     assert "SGEMM(N,N,256,256,256" in out, out[-2000:]
@@ -63,7 +72,7 @@ def test_pick_keeps_openblas_unless_another_is_clearly_faster() -> None:
 
 @linux_x86
 def test_auto_measures_both_once_and_keeps_the_faster(tmp_path: Path) -> None:
-    code = "import sweep; from sweep.blas import blas_choice; print(blas_choice().name)"
+    code = SETUP + "from sweep.blas import blas_choice; print(blas_choice().name)"
     first = _python(code, SWEEP_CACHE=str(tmp_path), SWEEP_BLAS="auto").strip()
     [record] = (tmp_path / "blas").glob("*.json")
     saved = json.loads(record.read_text())
@@ -77,8 +86,17 @@ def test_auto_measures_both_once_and_keeps_the_faster(tmp_path: Path) -> None:
 
 
 @linux_x86
-def test_reference_blas_when_asked_and_mlx_imported_first_is_reported() -> None:
-    code = ("import mlx.core as mx; import sweep; from sweep.blas import blas_choice; "
+def test_reference_blas_when_mlx_imported_before_setup_is_reported_and_warned() -> None:
+    code = ("import mlx.core as mx; " + SETUP + "from sweep.blas import blas_choice; "
             "print(blas_choice().fast, blas_choice().describe())")
-    out = _python(code, MKL_VERBOSE="0")
-    assert out.startswith("False") and "import sweep first" in out
+    out = _run(code, MKL_VERBOSE="0")
+    assert out.stdout.startswith("False") and "call setup() before importing mlx" in out.stdout
+    assert "RuntimeWarning" in out.stderr and "too late" in out.stderr, out.stderr
+
+
+@linux_x86
+def test_asking_which_blas_loads_none() -> None:
+    """``blas_choice()`` only reports: before ``setup()`` no BLAS is loaded, none chosen."""
+    code = ("from sweep.blas import blas_choice; print(blas_choice().name, "
+            "any('blas' in line or 'mkl' in line for line in open('/proc/self/maps')))")
+    assert _python(code).split() == ["none", "False"]

@@ -111,7 +111,7 @@ def test_fused_kernels_are_built_for_this_cpu() -> None:
     base = native_kernels_dir()
     assert base is not None
     assert "-march=native" in (base / "sweep-native-gxx" / "g++").read_text()
-    code = ("import sweep, mlx.core as mx, os; "
+    code = ("import sweep.runtime; sweep.runtime.setup(); import mlx.core as mx, os; "
             "f = mx.compile(lambda x: mx.exp(x * 1.2345) - 0.5); mx.eval(f(mx.ones((64,)))); "
             "print(os.environ['TMPDIR'])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -133,7 +133,7 @@ def test_freed_arrays_are_reused_without_page_faults() -> None:
     """A few MLP blocks forward and backward (arrays of 1.5-4 MB): with glibc's defaults
     each step maps fresh pages again (tens of thousands of faults); with sweep's heap
     settings the steps after the first reuse them."""
-    code = ("import resource, sweep, mlx.core as mx\n"
+    code = ("import resource, sweep.runtime; sweep.runtime.setup(); import mlx.core as mx\n"
             "from sweep.training.cpu_ops import swiglu_recomputed\n"
             "w = [mx.random.normal(s) * 0.02 for s in ((1536, 576), (1536, 576), (576, 1536))]\n"
             "h = mx.random.normal((640, 576)); mx.eval(w, h)\n"

@@ -10,7 +10,8 @@ size in the heap for reuse; larger ones, the vocabulary-sized logits, still get 
 own mapping, which keeps the heap from fragmenting: at 4 x 512 tokens a trial's peak RSS
 was 2.54 GB, against 3.16 GB with a 1 GB threshold, at the same speed.
 
-``SWEEP_MALLOC_TUNING=0`` leaves glibc's defaults. Not glibc (macOS, musl): nothing done.
+Called by :func:`sweep.runtime.setup`. ``SWEEP_MALLOC_TUNING=0`` leaves glibc's defaults.
+Not glibc (macOS, musl): nothing done.
 """
 
 from __future__ import annotations

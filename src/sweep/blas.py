@@ -20,9 +20,10 @@ takes a generic code path and OpenBLAS ran a LoRA step's matmuls 15-65% faster (
 with each candidate once per CPU model, in a subprocess (~2 s each), keeps the fastest
 and remembers the choice in ``<cache>/blas/<cpu id>.json``.
 
-``sweep/__init__.py`` calls :func:`use_fast_blas` so that importing ``sweep`` first is
-enough. ``SWEEP_BLAS`` selects: ``auto`` (default), ``openblas``, ``mkl``, ``reference``
-(leave MLX alone) or a path to a shared library that exports ``cblas_sgemm``.
+:func:`sweep.runtime.setup` calls :func:`use_fast_blas`, before ``mlx`` is imported;
+importing this module loads nothing. ``SWEEP_BLAS`` selects: ``auto`` (default),
+``openblas``, ``mkl``, ``reference`` (leave MLX alone) or a path to a shared library that
+exports ``cblas_sgemm``.
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ void cblas_cgemm(int o, int ta, int tb, blasint m, blasint n, blasint k, const v
 # vocabulary, and a square one (tokens x hidden @ hidden x out).
 _PROBE = r"""
 import sys, time
-import sweep, mlx.core as mx
+import sweep.runtime; sweep.runtime.setup()
+import mlx.core as mx
 flops = seconds = 0.0
 for m, k, n, reps in ((640, 576, 1536, 20), (640, 576, 49152, 2), (2048, 2048, 2048, 2)):
     a, b = mx.random.normal((m, k)), mx.random.normal((k, n))
@@ -235,23 +237,32 @@ def _load(path: str) -> bool:
     return True
 
 
+_ACCELERATE = BlasChoice("accelerate", None, True, "MLX uses Apple's Accelerate/Metal.")
+
+
+def _bound_now() -> BlasChoice:
+    """What MLX's ``cblas_sgemm`` is bound to, mlx.core being loaded (loads nothing)."""
+    already = provider_of("cblas_sgemm")
+    fast = already is not None and any(k in already for k in ("mkl", "openblas"))
+    return BlasChoice(
+        os.path.basename(already or "unknown"),
+        already,
+        fast,
+        "" if fast else "mlx.core was imported before sweep.runtime.setup(), too late to "
+        "load a fast BLAS: call setup() before importing mlx, or set LD_PRELOAD to "
+        "libmkl_rt/libopenblas.",
+    )
+
+
 def _select(request: str) -> BlasChoice:
     if sys.platform == "darwin":
-        return BlasChoice("accelerate", None, True, "MLX uses Apple's Accelerate/Metal.")
+        return _ACCELERATE
     if request in ("reference", "off", "none"):
         return BlasChoice(
             "reference", None, False, "SWEEP_BLAS=reference: matmuls run ~40x slower."
         )
     if "mlx.core" in sys.modules:
-        already = provider_of("cblas_sgemm")
-        fast = already is not None and any(k in already for k in ("mkl", "openblas"))
-        return BlasChoice(
-            os.path.basename(already or "unknown"),
-            already,
-            fast,
-            "" if fast else "mlx was imported before sweep, too late to load a fast "
-            "BLAS: import sweep first, or set LD_PRELOAD to libmkl_rt/libopenblas.",
-        )
+        return _bound_now()
     if os.path.sep in request:
         if _load(request):
             return BlasChoice(os.path.basename(request), request, True, "Set by SWEEP_BLAS.")
@@ -294,7 +305,15 @@ def use_fast_blas() -> BlasChoice:
 
 
 def blas_choice() -> BlasChoice:
-    return use_fast_blas()
+    """The BLAS MLX uses: the one :func:`use_fast_blas` chose, else what MLX is bound to
+    now (``none`` before mlx is imported). Loads nothing."""
+    if _choice is not None:
+        return _choice
+    if sys.platform == "darwin":
+        return _ACCELERATE
+    if "mlx.core" in sys.modules:
+        return _bound_now()
+    return BlasChoice("none", None, False, "sweep.runtime.setup() has not run.")
 
 
 def shim_calls() -> Optional[int]:

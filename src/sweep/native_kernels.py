@@ -10,7 +10,8 @@ for one layer's tensors).
 MLX caches built kernels under ``$TMPDIR/mlx/<version>/cpu`` by source alone, so the
 native ones get their own ``TMPDIR`` (one folder per CPU model): a kernel built
 without the flag is never reused, nor one built for another CPU. Python's own temp
-folder is pinned first and does not move. ``SWEEP_NATIVE_KERNELS=0`` turns this off.
+folder is pinned first and does not move. Called by :func:`sweep.runtime.setup`;
+``SWEEP_NATIVE_KERNELS=0`` turns this off.
 """
 
 from __future__ import annotations

@@ -1,8 +1,20 @@
 """The console scripts, one thin Hydra app per module, each composed from the same
 ``conf/`` (so overrides and ``--cfg job`` work): ``sweep`` (:mod:`sweep.cli.sweep`),
 ``sweep-eval`` (:mod:`sweep.cli.eval`), ``sweep-export`` (:mod:`sweep.cli.export`),
-``sweep-chat`` (:mod:`sweep.cli.chat`)."""
+``sweep-chat`` (:mod:`sweep.cli.chat`). Each ``main`` calls :func:`sweep.runtime.setup`
+first, before anything imports mlx; importing these modules sets nothing up."""
 
-from sweep.cli.sweep import main
+from __future__ import annotations
 
 __all__ = ["main"]
+
+
+def main() -> None:
+    """``sweep`` and ``python -m sweep`` (also each extra worker process of a sweep, which
+    re-runs the same command): the runtime set-up, then the Hydra app."""
+    from sweep import runtime
+
+    runtime.setup()
+    from sweep.cli.sweep import main as sweep_main
+
+    sweep_main()

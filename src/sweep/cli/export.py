@@ -13,6 +13,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from sweep import runtime
 from sweep.config import CONFIG_DIR, register
 from sweep.errors import SweepError
 
@@ -34,6 +35,7 @@ def app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    runtime.setup()  # before anything imports mlx
     app()
 
 

@@ -19,6 +19,9 @@ from mlflow.pyfunc import PythonModel
 
 class AdapterModel(PythonModel):
     def load_context(self, context) -> None:
+        from sweep import runtime
+
+        runtime.setup()  # MLflow loads this outside sweep's commands: before mlx is imported
         from sweep.shipping.registry import Served
 
         self._served = Served.load(context.artifacts["adapter"], context.model_config)
