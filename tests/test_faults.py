@@ -92,13 +92,19 @@ def test_sigterm_to_a_sweep_leaves_nothing_running(tmp_path: Path, qa_file: Path
 def test_sweeps_started_at_once_on_fresh_stores(tmp_path: Path, qa_file: Path, n: int) -> None:
     """All create the Optuna and MLflow tables of new SQLite files at the same moment
     (before: ``UNIQUE constraint failed: alembic_version`` in one of two), then work one
-    study and one MLflow database together: exact counts, nothing RUNNING."""
+    study and one MLflow database together: exact counts, nothing RUNNING, one parent run.
+    With 3, making the parent run is 3 s slow (``parent_run:delay``): before, each process
+    that found no parent id in the study made its own (3 studies in MLflow's view)."""
+    import os
+
+    env = {**os.environ, **({"SWEEP_FAULT": "parent_run:delay"} if n == 3 else {})}
     cmd = [sys.executable, "-m", "sweep", "-m",
            *tiny_overrides(tmp_path, qa_file, "train.iters=4"), "hydra.sweeper.n_trials=4",
            f"hydra.sweeper.storage=sqlite:///{tmp_path}/o.db", "hydra.sweeper.study_name=s",
            "eval.after_sweep=false", "registry.after_sweep=false"]
     processes = [subprocess.Popen([*cmd, f"hydra.sweep.dir={tmp_path}/sweep{i}"], cwd=ROOT,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)
                  for i in range(n)]
     outputs = [p.communicate(timeout=600) for p in processes]
     for process, (_, err) in zip(processes, outputs):
@@ -112,6 +118,11 @@ def test_sweeps_started_at_once_on_fresh_stores(tmp_path: Path, qa_file: Path, n
     launched = [t for t in study.trials if ran(t)]
     assert all(t.state == TrialState.FAIL for t in study.trials if not ran(t))
     assert len([r for r in runs if "sweep.trial" in r.data.tags]) == len(launched)
+    # one parent run, made by the process that made the study, every trial's run its child
+    parents = [r for r in runs if r.data.tags.get("sweep.kind") == "study"]
+    assert len(parents) == 1 and study.user_attrs["mlflow_parent_run_id"] == parents[0].info.run_id
+    assert all(r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id
+               for r in runs if "sweep.trial" in r.data.tags)
 
 
 @pytest.mark.parametrize("fault,reason", [

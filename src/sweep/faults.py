@@ -4,12 +4,13 @@ makes the ``n``-th pass (default 1) through ``point(<point>)`` fail. Kinds:
 - ``kill`` (default): SIGKILL this process, as the OOM killer or a lost machine does;
 - ``raise``: a RuntimeError (a bug in a trial);
 - ``oom``: a MemoryError (out of memory);
-- ``enospc``: OSError ENOSPC (a full disk).
+- ``enospc``: OSError ENOSPC (a full disk);
+- ``delay``: sleep 3 s (a slow process, to widen a race between processes).
 
 ``SWEEP_FAULT_TRIAL=<number>`` limits it to one trial of a sweep. Unset (always, outside
 tests) a point costs one dictionary lookup. The points: ``model_import``, ``train_step``,
 ``evaluation``, ``save_adapter``, ``mlflow_log``, ``trial_end``, ``report``,
-``between_trials``.
+``between_trials``, ``parent_run`` (before a sweep makes its MLflow parent run).
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import time
 from typing import Dict
 
 __all__ = ["point", "ENV", "TRIAL_ENV", "CURRENT_TRIAL_ENV"]
 
 ENV, TRIAL_ENV = "SWEEP_FAULT", "SWEEP_FAULT_TRIAL"
 CURRENT_TRIAL_ENV = "SWEEP_CURRENT_TRIAL"  # set by a sweep's job while it runs
+DELAY = 3.0  # seconds of the ``delay`` kind
 _passes: Dict[str, int] = {}
 
 
@@ -49,4 +52,7 @@ def point(name: str) -> None:
         raise MemoryError(f"injected out-of-memory at {name}")
     if kind == "enospc":
         raise OSError(errno.ENOSPC, f"No space left on device (injected at {name})")
-    raise ValueError(f"{ENV}={spec}: unknown kind '{kind}' (kill, raise, oom, enospc)")
+    if kind == "delay":
+        time.sleep(DELAY)
+        return
+    raise ValueError(f"{ENV}={spec}: unknown kind '{kind}' (kill, raise, oom, enospc, delay)")

@@ -120,9 +120,15 @@ class SweeperImpl:
             pruner = build_pruner(pruner_spec["name"], pruner_spec["kwargs"])
         except (ValueError, TypeError) as error:
             raise SweepAborted(f"hydra.sweeper.pruner: {error}") from None
-        study = optuna.create_study(
-            storage=self._storage(), study_name=str(s["study_name"]), sampler=sampler,
-            pruner=pruner, directions=["minimize"] * len(objectives), load_if_exists=True)
+        storage, name = self._storage(), str(s["study_name"])
+        try:  # exactly one of the processes started together makes it (a unique name)
+            study = optuna.create_study(storage=storage, study_name=name, sampler=sampler,
+                                        pruner=pruner, directions=["minimize"] * len(objectives))
+            self.created_study = True
+        except optuna.exceptions.DuplicatedStudyError:
+            study = optuna.load_study(storage=storage, study_name=name, sampler=sampler,
+                                      pruner=pruner)
+            self.created_study = False
         if len(study.directions) != len(objectives):
             raise SweepAborted(
                 f"study '{study.study_name}' has {len(study.directions)} objective(s), "
@@ -281,7 +287,7 @@ class SweeperImpl:
         self.fail_dead_trials(study)
         self._first_trial = len(study.get_trials(deepcopy=False))  # this run's trials start here
         report = StudyReport(study, self.config, self.settings, space)
-        parent = report.open_parent_run()
+        parent = report.open_parent_run(created=self.created_study)
         workers = self._start_workers()
         n_trials = int(self.settings["n_trials"])
         results = []

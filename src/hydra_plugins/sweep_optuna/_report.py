@@ -15,6 +15,7 @@ import logging
 import math
 import shutil
 import textwrap
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -22,11 +23,14 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
+from sweep.faults import point
+
 from hydra_plugins.sweep_optuna._proposals import ran
 from hydra_plugins.sweep_optuna._search_space import SearchSpace
 
 log = logging.getLogger("sweep.sweeper")
 PARENT_ATTR = "mlflow_parent_run_id"
+PARENT_WAIT = 60.0  # seconds a process that did not make the study waits for its parent run
 _ORDER = {TrialState.COMPLETE: 0, TrialState.PRUNED: 1, TrialState.FAIL: 2,
           TrialState.RUNNING: 3, TrialState.WAITING: 4}
 
@@ -153,7 +157,12 @@ class StudyReport:
         self.run_id: Optional[str] = None
 
     # -- MLflow parent run -------------------------------------------------------
-    def open_parent_run(self) -> Optional[str]:
+    def open_parent_run(self, created: bool = True) -> Optional[str]:
+        """The study's parent run, made exactly once however many processes start the
+        sweep together: the one whose ``create_study`` made the study (``created``)
+        makes it; the others wait for its id in the study (``PARENT_WAIT``). A resumed
+        study reuses its run; one with none (made with MLflow off, or its creator died
+        first) gets the run tagged as its own in the experiment, else a new one."""
         if not self.enabled:
             return None
         from sweep.config.schema import MlflowConfig
@@ -163,6 +172,10 @@ class StudyReport:
         tracker = MlflowTracker(cfg)
         self.client = tracker.client
         run_id = self.study.user_attrs.get(PARENT_ATTR)
+        if not run_id and not created and not self.study.get_trials(deepcopy=False):
+            run_id = self._wait_for_parent()
+        if not run_id and not created:
+            run_id = self._tagged_parent(tracker)
         if run_id:
             try:
                 self.client.update_run(run_id, status="RUNNING")
@@ -172,14 +185,35 @@ class StudyReport:
                             run_id, self.study.study_name, error)
                 run_id = None
         if not run_id:
+            point("parent_run")
             tracker.run_name = f"study {self.study.study_name}"
             tracker.start(self._study_params(), {"sweep.kind": "study",
                                                  "sweep.study": self.study.study_name})
             self.run_id = tracker.run_id
+        if self.study.user_attrs.get(PARENT_ATTR) != self.run_id:
             self.study.set_user_attr(PARENT_ATTR, self.run_id)
         self.client.set_tag(self.run_id, "sweep.n_trials", str(self.settings["n_trials"]))
         self.mark_dead_runs()
         return self.run_id
+
+    def _wait_for_parent(self) -> Optional[str]:
+        deadline = time.monotonic() + PARENT_WAIT
+        while time.monotonic() < deadline:
+            run_id = self.study.user_attrs.get(PARENT_ATTR)  # user_attrs reads the storage
+            if run_id:
+                return run_id
+            time.sleep(0.5)
+        log.warning("study %s: no parent run from the process that made it after %.0f s",
+                    self.study.study_name, PARENT_WAIT)
+        return None
+
+    def _tagged_parent(self, tracker) -> Optional[str]:
+        runs = self.client.search_runs(
+            [tracker.experiment_id],
+            filter_string=f"tags.`sweep.kind` = 'study' and "
+                          f"tags.`sweep.study` = '{self.study.study_name}'",
+            order_by=["attributes.start_time ASC"], max_results=1)
+        return runs[0].info.run_id if runs else None
 
     def _study_params(self) -> Dict[str, Any]:
         s = self.settings
