@@ -205,7 +205,7 @@ def _fifo(tmp: Path) -> Path:
 
 
 PATHS: Dict[str, tuple] = {
-    "path-does-not-exist": (_missing, "data.path={path}: no such file or folder"),
+    "path-does-not-exist": (_missing, "data.path: no such file {path}"),
     "folder-without-train-and-valid": (_folder_without_train,
                                        "data.path={path}: the folder has no train.jsonl and no "
                                        "valid.jsonl"),
@@ -432,8 +432,7 @@ E2E = {
                     "{path}:9: not UTF-8 (byte 0xe9 at column 15)"),
     "e2e-mixed-formats": (lambda tmp: write(tmp / "d.jsonl", with_bad(CHAT, 12, 40)),
                           "{path}:12: keys ['messages'] are the chat format, not qa"),
-    "e2e-missing-path": (lambda tmp: tmp / "nope.jsonl", "data.path={path}: no such file or "
-                                                         "folder"),
+    "e2e-missing-path": (lambda tmp: tmp / "nope.jsonl", "data.path: no such file {path}"),
 }
 
 

@@ -326,7 +326,7 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
                         "make val_loss look better than it is", path, shared, len(valid))
         return Splits(train, valid, test)
     if not path.exists():
-        raise DataError(f"data.path={cfg.path}: no such file or folder")
+        raise DataError(f"data.path: no such file {path}")
     examples = _read_file(path, cfg, cfg.max_examples)
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
