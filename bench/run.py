@@ -134,12 +134,13 @@ def ours(model_dir_cfg, texts: List[str], args) -> Dict[str, float]:
 def mlx_lm_cli(model_dir: str, data: Path, work: Path, args) -> Dict[str, float]:
     """The ``mlx_lm.lora`` CLI on the same model, texts and LoRA, with the same BLAS."""
     from sweep.blas import blas_choice
-    from sweep.native_kernels import environment_without
 
     config = work / "lora.yaml"
     config.write_text(json.dumps({
         "lora_parameters": {"rank": args.rank, "scale": 20.0, "dropout": 0.0, "keys": KEYS}}))
-    env = environment_without()  # mlx-lm as shipped: its kernels built without -march
+    # os.environ has the process's own PATH and TMPDIR (setup() changed only the C-level
+    # ones): mlx-lm as shipped, its kernels built without -march, in its own cache
+    env = dict(os.environ)
     if blas_choice().path:
         env["LD_PRELOAD"] = blas_choice().path
     cmd = [sys.executable, "-m", "mlx_lm", "lora", "--model", model_dir, "--train",
@@ -272,7 +273,7 @@ def peak_rss(args, data: Path, checkpoint: bool) -> float:
                           "data.format=text", "data.mask_prompt=false", "train.batch_size=4",
                           "train.max_seq_length=513", "train.iters=4",
                           "train.grad_accumulation=2", "train.val_batches=1"],
-                         capture_output=True, text=True, timeout=3600)
+                         capture_output=True, text=True, timeout=3600, env=dict(os.environ))
     if out.returncode != 0:
         raise RuntimeError(f"RSS trial failed:\n{out.stderr[-3000:]}")
     return float(out.stdout.strip().splitlines()[-1])  # ru_maxrss is in KiB -> GB

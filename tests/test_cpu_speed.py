@@ -111,14 +111,16 @@ def test_fused_kernels_are_built_for_this_cpu() -> None:
     base = native_kernels_dir()
     assert base is not None
     assert "-march=native" in (base / "sweep-native-gxx" / "g++").read_text()
-    code = ("import sweep.runtime; sweep.runtime.setup(); import mlx.core as mx, os; "
+    # a fresh process (its env: os.environ, which setup() leaves alone) sets itself up
+    code = ("import sweep.runtime; kernels = sweep.runtime.setup().kernels_dir; "
+            "import mlx.core as mx; "
             "f = mx.compile(lambda x: mx.exp(x * 1.2345) - 0.5); mx.eval(f(mx.ones((64,)))); "
-            "print(os.environ['TMPDIR'])")
+            "print(kernels)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300)
+                         timeout=300, env=dict(os.environ))
     assert out.returncode == 0, out.stderr
-    tmp = out.stdout.strip()
-    assert tmp.startswith(str(base))
+    assert out.stdout.strip() == str(base)
+    tmp = base / "tmp"  # MLX's TMPDIR there
     built = [os.path.join(root, f) for root, _, files in os.walk(tmp) for f in files
              if f.endswith(".so") and "Exp" in f]
     assert built

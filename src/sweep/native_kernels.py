@@ -9,9 +9,14 @@ for one layer's tensors).
 
 MLX caches built kernels under ``$TMPDIR/mlx/<version>/cpu`` by source alone, so the
 native ones get their own ``TMPDIR`` (one folder per CPU model): a kernel built
-without the flag is never reused, nor one built for another CPU. Python's own temp
-folder is pinned first and does not move. Called by :func:`sweep.runtime.setup`;
-``SWEEP_NATIVE_KERNELS=0`` turns this off.
+without the flag is never reused, nor one built for another CPU.
+
+MLX reads both through C each time it builds a kernel (``popen``'s ``/bin/sh`` finds
+``g++`` on ``PATH``; libstdc++'s ``temp_directory_path()`` reads ``TMPDIR``), so they are
+set with ``os.putenv`` only: ``os.environ`` keeps the process's own values, for Python
+code (``tempfile``) and for the child processes started from it (:mod:`sweep.runtime`
+says why). Called by :func:`sweep.runtime.setup`; ``SWEEP_NATIVE_KERNELS=0`` turns this
+off.
 """
 
 from __future__ import annotations
@@ -19,16 +24,14 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Optional
 
 from sweep import paths
 
-__all__ = ["use_native_kernels", "native_kernels_dir", "environment_without"]
+__all__ = ["use_native_kernels", "native_kernels_dir"]
 
 _dir: Optional[Path] = None
-_original_env: Dict[str, Optional[str]] = {}
 
 
 # -march=native: this CPU's vector width and FMA. The inlining limits let GCC inline
@@ -49,7 +52,7 @@ def use_native_kernels(cache_root: Optional[Path] = None) -> Optional[Path]:
     if os.environ.get("SWEEP_NATIVE_KERNELS", "1") == "0":
         return None
     compiler = shutil.which("g++")
-    if compiler is None or "sweep-native-gxx" in compiler:
+    if compiler is None or "sweep-native-gxx" in compiler:  # a parent's wrapper, inherited
         return None
     base = (cache_root or paths.cache_root()) / "native-kernels" / paths.cpu_id(*FLAGS)
     wrapper_dir, kernels_tmp = base / "sweep-native-gxx", base / "tmp"
@@ -62,25 +65,14 @@ def use_native_kernels(cache_root: Optional[Path] = None) -> Optional[Path]:
             paths.write_atomic(wrapper, script, mode=0o755)
     except OSError:
         return None
-    tempfile.gettempdir()  # pin Python's temp folder before TMPDIR moves for MLX
-    _original_env.update({k: os.environ.get(k) for k in ("PATH", "TMPDIR")})
-    os.environ["PATH"] = f"{wrapper_dir}{os.pathsep}{os.environ.get('PATH', '')}"
-    os.environ["TMPDIR"] = str(kernels_tmp)
+    # The C environment only (what MLX reads), not os.environ: see the module docstring.
+    os.putenv("PATH", f"{wrapper_dir}{os.pathsep}{os.environ.get('PATH', os.defpath)}")
+    os.putenv("TMPDIR", str(kernels_tmp))
     _dir = base
     return base
 
 
 def native_kernels_dir() -> Optional[Path]:
+    """The wrapper and kernel cache folder in use, None before :func:`use_native_kernels`
+    (or when it is off)."""
     return _dir
-
-
-def environment_without() -> Dict[str, str]:
-    """``os.environ`` as it was before: for a child process that should build MLX's
-    kernels the stock way (e.g. a benchmark of another tool)."""
-    env = dict(os.environ)
-    for key, value in _original_env.items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
-    return env

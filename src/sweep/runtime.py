@@ -19,8 +19,20 @@ It does three things, on Linux (elsewhere MLX needs none of them):
    trial's log and its MLflow ``blas`` parameter say which BLAS it got.
 3. **Fused kernels for this CPU** (:mod:`sweep.native_kernels`): MLX builds them with
    ``g++`` found on ``PATH`` (a wrapper adds ``-march=native``) into
-   ``$TMPDIR/mlx/<version>/cpu`` (its own folder per CPU model and flags): both are set
-   for the whole process.
+   ``$TMPDIR/mlx/<version>/cpu`` (its own folder per CPU model and flags).
+
+The environment: MLX reads ``PATH`` and ``TMPDIR`` through C whenever it builds a new
+kernel, at any time in the process's life (libstdc++'s ``temp_directory_path()``,
+``popen``'s ``/bin/sh``), so they cannot be put back after ``setup()``. They are set with
+``os.putenv`` alone, in the C environment that MLX reads; ``os.environ`` is left as it
+was. Python code (``tempfile``, ``shutil.which``) reads ``os.environ``, and so does every
+process started with an environment built from it: the sweeper's workers
+(``{**os.environ, ...}``), MLflow's and GitPython's commands (``os.environ.copy()``), the
+benchmarks' baselines. They all see the PATH and TMPDIR the process had. Two limits: a
+child started with ``env=None`` through fork and exec (``subprocess``'s default) or
+``os.system`` gets the C environment (those sweep starts pass ``env=``, or run inside
+``setup()`` before the change); and assigning ``os.environ["PATH"]`` or ``["TMPDIR"]``
+afterwards replaces MLX's value as well.
 
 ``SWEEP_MALLOC_TUNING=0``, ``SWEEP_BLAS=...`` and ``SWEEP_NATIVE_KERNELS=0`` turn each
 part off (see the modules).
