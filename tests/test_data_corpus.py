@@ -10,6 +10,7 @@ import builtins
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -328,7 +329,7 @@ def test_duplicates_are_kept_with_a_warning(tmp_path: Path, caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="sweep.data.records"):
         splits = load_splits(DataConfig(path=str(write(tmp_path / "a.jsonl", lines))), seed=0)
     assert len(splits.train) + len(splits.valid) + len(splits.test) == 13
-    assert f"a.jsonl: 3 duplicate record(s), kept (line 11 = 1, 12 = 4, 13 = 1)" in caplog.text
+    assert "a.jsonl: 3 duplicate record(s), kept (line 11 = 1, 12 = 4, 13 = 1)" in caplog.text
     assert "val_loss look better" in caplog.text
 
 
@@ -449,8 +450,6 @@ def empty_store(tmp_path_factory) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("make,message", E2E.values(), ids=E2E.keys())
 def test_bad_data_through_the_cli(tmp_path: Path, empty_store: Path, make, message) -> None:
-    import shutil
-
     path = make(tmp_path)
     (tmp_path / "mlflow").mkdir()
     db = Path(shutil.copy(empty_store, tmp_path / "mlflow" / "m.db"))

@@ -261,6 +261,24 @@ def _which_format(cfg: DataConfig, fmt: DataFormat, records: List[Tuple[int, Any
     return f" (data.format={fmt.value})"
 
 
+def _file_format(path: Path, cfg: DataConfig, records: List[Tuple[int, Any]]) -> DataFormat:
+    """``data.format``, or under ``auto`` the first record's shape. A first record of
+    another shape than ``data.format`` is said once, not at every line."""
+    if not records:
+        return cfg.format
+    number, first = records[0]
+    found = detect_format(first)
+    if cfg.format is DataFormat.auto:
+        if found is None:
+            raise _unknown_format(path, number, first)
+        return found
+    if found not in (None, cfg.format) and not all(k in first for k in _KEYS[cfg.format]):
+        raise DataError(f"{path}:{number}: keys {sorted(first)} are the {found.value} format, "
+                        f"not data.format={cfg.format.value} ({'/'.join(_KEYS[cfg.format])}); "
+                        f"set data.format={found.value} or auto")
+    return cfg.format
+
+
 def _read_file(path: Path, cfg: DataConfig, limit: Optional[int] = None) -> List[Example]:
     if path.is_dir():
         raise DataError(f"data.path: {path} is a folder, not a JSONL file")
@@ -269,18 +287,7 @@ def _read_file(path: Path, cfg: DataConfig, limit: Optional[int] = None) -> List
     if not path.is_file():
         raise DataError(f"data.path: {path} is not a regular file")
     records, errors = read_jsonl(path)
-    fmt = cfg.format
-    if fmt is DataFormat.auto and records:
-        fmt = detect_format(records[0][1]) or DataFormat.auto
-        if fmt is DataFormat.auto:
-            raise _unknown_format(path, *records[0])
-    elif records and isinstance(records[0][1], dict):
-        number, first = records[0]
-        other = detect_format(first)
-        if other not in (None, fmt) and not all(k in first for k in _KEYS[fmt]):
-            raise DataError(f"{path}:{number}: keys {sorted(first)} are the {other.value} format, "
-                            f"not data.format={fmt.value} ({'/'.join(_KEYS[fmt])}); set "
-                            f"data.format={other.value} or auto")
+    fmt = _file_format(path, cfg, records)
     examples, numbers = [], []
     for number, record in records[:limit] if limit else records:
         try:
