@@ -32,7 +32,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweep.optuna_link import HEARTBEAT_ATTR, PRUNER_ATTR, build_pruner
 from sweep.faults import point
-from sweep.paths import ensure_sqlite_folder, mask_password, sqlite_init_lock
+from sweep.locks import init_lock, study_lock
+from sweep.paths import ensure_sqlite_folder, mask_password
 
 from hydra_plugins.sweep_optuna._proposals import (Proposer, QuotaReached, SpaceExhausted,
                                                    SweepAborted, build_sampler, frozen_trial,
@@ -95,7 +96,7 @@ class SweeperImpl:
         except SweepError as error:
             raise SweepAborted(str(error)) from None
         try:
-            with sqlite_init_lock(url):  # creating the tables: one process at a time
+            with init_lock(url):  # creating the tables: one process at a time
                 return optuna.storages.RDBStorage(
                     url, heartbeat_interval=int(self.settings["heartbeat_interval"]),
                     grace_period=int(self.settings["grace_period"]))
@@ -322,8 +323,9 @@ class SweeperImpl:
             for worker in workers:
                 worker.terminate()
             raise
-        if not os.environ.get(WORKER_ENV):
-            report.finish()
-            evaluate_best(self.config, study)
-            register_best(self.config, study)
+        if not os.environ.get(WORKER_ENV):  # sweeps ending together: one after the other
+            with study_lock(str(self.settings["storage"]), study.study_name):
+                report.finish()
+                evaluate_best(self.config, study)
+                register_best(self.config, study)
         return results

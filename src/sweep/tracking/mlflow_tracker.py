@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from sweep.config.schema import MlflowConfig
-from sweep.paths import ensure_sqlite_folder, mask_password, sqlite_file, sqlite_init_lock
+from sweep.locks import init_lock
+from sweep.paths import ensure_sqlite_folder, mask_password, sqlite_file
 from sweep.training.events import EvalReport, Listener, TrainReport
 
 __all__ = ["MlflowTracker", "NullTracker", "artifact_location_for", "check_tracking"]
@@ -87,7 +88,7 @@ class MlflowTracker(NullTracker):
         self.run_name = run_name or cfg.run_name
         self.parent_run_id = parent_run_id
         self.run_id = None
-        with sqlite_init_lock(cfg.tracking_uri):  # opening a fresh store creates its tables
+        with init_lock(cfg.tracking_uri):  # opening a fresh store creates its tables
             self.client = MlflowClient(tracking_uri=cfg.tracking_uri)
             self.experiment_id = self._experiment_id()
 

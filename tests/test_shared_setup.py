@@ -1,0 +1,165 @@
+"""The shared set-up, for real: a PostgreSQL 15 cluster (password authentication) and
+``mlflow server`` on it (PostgreSQL backend, served artifacts, basic-auth) on 127.0.0.1,
+started here and stopped whatever happens (``tests/servers.py``), and three worker
+processes running the same ``sweep -m`` on one study of 9 trials of the tiny model, under
+grid sampling and under TPE with a fixed seed. Checked: exactly 9 finished trials, no
+duplicate numbers or configurations, one parent run with one child per trial, every
+adapter downloadable over HTTP, the winner evaluated and registered once, nothing left
+RUNNING, and neither password anywhere. Requests without credentials are refused."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import ROOT
+from servers import mlflow_server, postgres_cluster
+
+pytestmark = pytest.mark.slow
+
+SEARCHES = {
+    "grid": "sampler: grid\n    pruner: none\n    params:\n"
+            "      lora.rank: choice(4, 8, 16)\n      lora.alpha: choice(8, 16, 32)\n",
+    "tpe": "sampler: tpe\n    seed: 7\n    params:\n      lora.rank: choice(4, 8, 16)\n"
+           "      lora.alpha: choice(8, 16, 32)\n"
+           "      optimizer.lr: tag(log, interval(1e-4, 1e-2))\n",
+}
+N_TRIALS, N_WORKERS = 9, 3
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("shared")
+    with postgres_cluster(tmp) as pg, mlflow_server(tmp, pg) as server:
+        yield tmp, pg, server
+
+
+def _auth_get(url: str, user: str = "", password: str = ""):
+    request = urllib.request.Request(url)
+    if user:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    return urllib.request.urlopen(request, timeout=10)
+
+
+def test_requests_without_credentials_are_refused(shared) -> None:
+    import psycopg
+
+    _, pg, server = shared
+    search = server.url + "/api/2.0/mlflow/experiments/search?max_results=1"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        _auth_get(search)
+    assert refused.value.code == 401
+    with pytest.raises(urllib.error.HTTPError) as wrong:
+        _auth_get(search, server.admin, "not-the-password")
+    assert wrong.value.code == 401
+    assert _auth_get(search, server.admin, server.password).status == 200
+    dsn = f"host=127.0.0.1 port={pg.port} user=sweep dbname=optuna"
+    env_password = os.environ.pop("PGPASSWORD", None)
+    try:
+        for extra in ("", " password=not-the-password"):
+            with pytest.raises(psycopg.OperationalError, match="password"):
+                psycopg.connect(dsn + extra, connect_timeout=5)
+        psycopg.connect(dsn + f" password={pg.password}", connect_timeout=5).close()
+    finally:
+        if env_password is not None:
+            os.environ["PGPASSWORD"] = env_password
+
+
+def _worker_cmd(tmp: Path, qa: Path, conf: Path, storage: str, tracking: str, i: int):
+    return [sys.executable, "-m", "sweep", "-m", f"--config-dir={conf}", "hparams_search=shared",
+            "model=tiny", "data=jsonl", f"data.path={qa}", "data.test_fraction=0.2",
+            "train.iters=4", "train.grad_accumulation=1", "train.eval_every_iters=2",
+            "train.val_batches=1", "eval.max_tokens=4", f"cache_dir={tmp}/cache",
+            f"hydra.sweeper.storage={storage}", f"mlflow.tracking_uri={tracking}",
+            f"hydra.sweep.dir={tmp}/worker{i}"]
+
+
+@pytest.mark.parametrize("search", ["grid", "tpe"])
+def test_three_workers_share_one_study_and_one_record(shared, search: str) -> None:
+    from mlflow.artifacts import download_artifacts
+    from mlflow.tracking import MlflowClient
+
+    root, pg, server = shared
+    tmp = root / search
+    (tmp / "conf" / "hparams_search").mkdir(parents=True)
+    (tmp / "conf" / "hparams_search" / "shared.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /hydra/sweeper: sweep_optuna\nhydra:\n"
+        f"  sweeper:\n    n_trials: {N_TRIALS}\n    study_name: shared_{search}\n    "
+        + SEARCHES[search])
+    qa = tmp / "qa.jsonl"
+    qa.write_text("".join(json.dumps({"question": f"What does Article {i % 7} protect? ({i})",
+                                      "answer": f"Article {i % 7} protects right {i % 3}."}) + "\n"
+                          for i in range(40)))
+    storage = pg.url("optuna")
+    env = {**os.environ, **pg.env, **server.env}
+    started = time.monotonic()
+    workers = [subprocess.Popen(_worker_cmd(tmp, qa, tmp / "conf", storage, server.url, i),
+                                cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+               for i in range(N_WORKERS)]
+    outputs = [w.communicate(timeout=900)[0] for w in workers]
+    seconds = time.monotonic() - started
+    for worker, out in zip(workers, outputs):
+        assert worker.returncode == 0, out[-4000:]
+
+    os.environ.update(pg.env)  # this process reads the study and the runs too
+    os.environ.update(server.env)
+    study = optuna.load_study(study_name=f"shared_{search}", storage=storage)
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    configs = {tuple(sorted(t.params.items())) for t in finished}
+    numbers = [t.number for t in study.trials]
+    running = [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    hosts = {(t.user_attrs.get("sweeper_pid")) for t in finished}
+    assert len(finished) == N_TRIALS and len(configs) == N_TRIALS
+    assert len(set(numbers)) == len(numbers) and not running
+    assert len(hosts) > 1  # the workers shared the trials
+
+    client = MlflowClient(tracking_uri=server.url)
+    experiment = client.get_experiment_by_name("sweep")
+    runs = client.search_runs([experiment.experiment_id],
+                              filter_string=f"tags.`sweep.study` = 'shared_{search}'")
+    parents = [r for r in runs if r.data.tags.get("sweep.kind") == "study"]
+    children = [r for r in runs if "sweep.trial" in r.data.tags]
+    assert len(parents) == 1, [r.info.run_name for r in parents]
+    assert sorted(int(r.data.tags["sweep.trial"]) for r in children) == sorted(
+        t.number for t in study.trials if t.user_attrs.get("mlflow_run_id"))
+    assert all(r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id for r in children)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    for t in finished:  # through the server's artifact proxy: mlflow-artifacts:/ over HTTP
+        run = client.get_run(t.user_attrs["mlflow_run_id"])
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
+        local = Path(download_artifacts(run_id=run.info.run_id, artifact_path="adapter",
+                                        dst_path=str(tmp / "downloaded" / str(t.number)),
+                                        tracking_uri=server.url))
+        assert (local / "adapters.safetensors").stat().st_size > 0
+    # the winner: evaluated once and registered once, whichever worker ended last
+    best_run = study.best_trial.user_attrs["mlflow_run_id"]
+    evaluations = [a.path for a in client.list_artifacts(best_run, "eval")]
+    versions = client.search_model_versions(f"name='sweep-shared_{search}'")
+    assert len(evaluations) == 1 and len(versions) == 1, (evaluations, versions)
+    assert client.get_model_version_by_alias(f"sweep-shared_{search}", "best").run_id == best_run
+    said = "\n".join(outputs)
+
+    for secret in (pg.password, server.password):
+        assert secret not in said
+        for path in tmp.rglob("*"):
+            if path.is_file():
+                assert secret.encode() not in path.read_bytes(), path
+        for r in runs:
+            assert secret not in json.dumps([r.data.params, r.data.tags])
+    print(f"\n[shared set-up, {search}] {N_WORKERS} workers, {len(finished)} trials finished "
+          f"in {seconds:.0f} s, {len(study.trials) - len(finished)} not finished, duplicates "
+          f"{N_TRIALS - len(configs)}, parent runs {len(parents)}, runs left RUNNING 0, "
+          f"held-out evaluations of the winner {len(evaluations)}, registered versions {len(versions)}")
