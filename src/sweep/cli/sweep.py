@@ -29,6 +29,11 @@ register()
 
 def run_job(cfg: DictConfig, output_dir: Path, overrides: list) -> float:
     """One Hydra job: a plain trial, or a trial of an Optuna study (``cfg.trial``)."""
+    from sweep import runtime
+
+    # A launcher may run the job in a process of its own that never went through
+    # sweep.cli.main (joblib's loky workers, submitit's SLURM jobs); a no-op otherwise.
+    runtime.setup()
     from sweep.optuna_link import TrialPruned, objective_values, open_link
     from sweep.trial import run_trial
 
