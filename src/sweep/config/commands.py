@@ -1,15 +1,18 @@
 """Schemas of the commands that use a trained adapter: ``sweep-eval`` (``eval.*``),
-``sweep-export`` (``export.*``), ``sweep-chat`` (``chat.*``) and the model registry that a
-sweep's winner is registered in (``registry.*``)."""
+``sweep-export`` (``export.*``), ``sweep-chat`` (``chat.*``), the model registry that a
+sweep's winner is registered in (``registry.*``), and ``sweep-status`` (``status.*``), which
+reads a study's progress."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import Optional
 
 from sweep.config.checks import require as _require
 
-__all__ = ["EvalConfig", "ExportConfig", "ChatConfig", "RegistryConfig"]
+__all__ = ["EvalConfig", "ExportConfig", "ChatConfig", "RegistryConfig", "StatusFormat",
+           "StatusConfig"]
 
 
 @dataclass
@@ -78,3 +81,24 @@ class RegistryConfig:
 
     def __post_init__(self) -> None:
         _require(bool(self.alias), "registry.alias", "must not be empty", self.alias)
+
+
+class StatusFormat(Enum):
+    text = "text"  # for people
+    json = "json"  # one object (with status.watch: one object a line)
+
+
+@dataclass
+class StatusConfig:
+    """``sweep-status``: a study's progress, read from its storage (nothing is written)."""
+
+    watch: float = 0.0  # seconds between prints until Ctrl-C; 0 = print once
+    format: StatusFormat = StatusFormat.text
+    failures: int = 5  # the most recent failed trials listed
+    front: int = 5  # multi-objective: Pareto-front trials listed
+
+    def __post_init__(self) -> None:
+        _require(self.watch >= 0, "status.watch", "must be >= 0 (0 = print once)", self.watch)
+        for key in ("failures", "front"):
+            _require(getattr(self, key) >= 0, f"status.{key}", "must be >= 0",
+                     getattr(self, key))

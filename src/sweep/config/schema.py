@@ -16,7 +16,8 @@ from typing import List, Optional
 from omegaconf import MISSING
 
 from sweep.config.checks import ConfigError, require as _require
-from sweep.config.commands import ChatConfig, EvalConfig, ExportConfig, RegistryConfig
+from sweep.config.commands import (ChatConfig, EvalConfig, ExportConfig, RegistryConfig,
+                                    StatusConfig, StatusFormat)
 
 __all__ = [
     "ConfigError",
@@ -38,6 +39,8 @@ __all__ = [
     "ExportConfig",
     "ChatConfig",
     "RegistryConfig",
+    "StatusFormat",
+    "StatusConfig",
     "SweepConfig",
 ]
 
@@ -307,6 +310,7 @@ class SweepConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    status: StatusConfig = field(default_factory=StatusConfig)
     # sweep-eval / sweep-export / sweep-chat: a sweep's output folder (its best trial), an
     # MLflow run id, or an adapter folder
     target: Optional[str] = None
