@@ -77,13 +77,25 @@ def test_requests_without_credentials_are_refused(shared) -> None:
             os.environ["PGPASSWORD"] = env_password
 
 
+def _qa(tmp: Path) -> Path:
+    qa = tmp / "qa.jsonl"
+    qa.write_text("".join(json.dumps({"question": f"What does Article {i % 7} protect? ({i})",
+                                      "answer": f"Article {i % 7} protects right {i % 3}."}) + "\n"
+                          for i in range(40)))
+    return qa
+
+
+def _sweep_cmd(tmp: Path, qa: Path, storage: str, tracking: str, sweep_dir: str, *extra: str):
+    return [sys.executable, "-m", "sweep", "-m", "model=tiny", "data=jsonl", f"data.path={qa}",
+            "data.test_fraction=0.2", "train.iters=4", "train.grad_accumulation=1",
+            "train.eval_every_iters=2", "train.val_batches=1", "eval.max_tokens=4",
+            f"cache_dir={tmp.parent}/cache", f"hydra.sweeper.storage={storage}",
+            f"mlflow.tracking_uri={tracking}", f"hydra.sweep.dir={tmp}/{sweep_dir}", *extra]
+
+
 def _worker_cmd(tmp: Path, qa: Path, conf: Path, storage: str, tracking: str, i: int):
-    return [sys.executable, "-m", "sweep", "-m", f"--config-dir={conf}", "hparams_search=shared",
-            "model=tiny", "data=jsonl", f"data.path={qa}", "data.test_fraction=0.2",
-            "train.iters=4", "train.grad_accumulation=1", "train.eval_every_iters=2",
-            "train.val_batches=1", "eval.max_tokens=4", f"cache_dir={tmp}/cache",
-            f"hydra.sweeper.storage={storage}", f"mlflow.tracking_uri={tracking}",
-            f"hydra.sweep.dir={tmp}/worker{i}"]
+    return _sweep_cmd(tmp, qa, storage, tracking, f"worker{i}", f"--config-dir={conf}",
+                      "hparams_search=shared")
 
 
 @pytest.mark.parametrize("search", ["grid", "tpe"])
@@ -98,10 +110,7 @@ def test_three_workers_share_one_study_and_one_record(shared, search: str) -> No
         "# @package _global_\ndefaults:\n  - override /hydra/sweeper: sweep_optuna\nhydra:\n"
         f"  sweeper:\n    n_trials: {N_TRIALS}\n    study_name: shared_{search}\n    "
         + SEARCHES[search])
-    qa = tmp / "qa.jsonl"
-    qa.write_text("".join(json.dumps({"question": f"What does Article {i % 7} protect? ({i})",
-                                      "answer": f"Article {i % 7} protects right {i % 3}."}) + "\n"
-                          for i in range(40)))
+    qa = _qa(tmp)
     storage = pg.url("optuna")
     env = {**os.environ, **pg.env, **server.env}
     started = time.monotonic()
@@ -163,3 +172,108 @@ def test_three_workers_share_one_study_and_one_record(shared, search: str) -> No
           f"in {seconds:.0f} s, {len(study.trials) - len(finished)} not finished, duplicates "
           f"{N_TRIALS - len(configs)}, parent runs {len(parents)}, runs left RUNNING 0, "
           f"held-out evaluations of the winner {len(evaluations)}, registered versions {len(versions)}")
+
+
+# -- faults on the shared set-up ---------------------------------------------------------
+FAULT_SWEEP = ("hydra.sweeper.n_trials=4", "eval.after_sweep=false", "registry.after_sweep=false")
+
+
+def _finished(study: optuna.Study):
+    return [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+
+
+def test_a_worker_killed_on_another_machine_ends_fail_by_its_heartbeat(shared) -> None:
+    """Worker A runs on "machine-b" (its own UTS namespace: another host name, so no
+    process check can see it died) and is SIGKILLed mid-step; worker B fails A's trial
+    once its heartbeat is older than the grace period, and completes the study."""
+    root, pg, server = shared
+    tmp = root / "killed"
+    tmp.mkdir()
+    qa, storage = _qa(tmp), pg.url("optuna")
+    env = {**os.environ, **pg.env, **server.env}
+    extra = (*FAULT_SWEEP, "hydra.sweeper.study_name=killed",
+             "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=4")
+    unshare = ["unshare", "--uts"] + ([] if os.geteuid() == 0 else ["--map-root-user"])
+    on_b = [*unshare, "sh", "-c", 'hostname machine-b && exec "$@"', "sh"]
+    a = subprocess.Popen([*on_b, *_sweep_cmd(tmp, qa, storage, server.url, "a", *extra)],
+                         cwd=ROOT, env={**env, "SWEEP_FAULT": "train_step:kill@3"},
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    a_out = a.communicate(timeout=600)[0]
+    assert a.returncode == -9, a_out[-3000:]
+    b = subprocess.run(_sweep_cmd(tmp, qa, storage, server.url, "b", *extra), cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    said = b.stdout + b.stderr
+    assert b.returncode == 0, said[-3000:]
+    os.environ.update(pg.env)
+    study = optuna.load_study(study_name="killed", storage=storage)
+    dead = [t for t in study.trials if t.user_attrs.get("sweeper_host") == "machine-b"]
+    assert len(dead) == 1 and dead[0].state == TrialState.FAIL
+    assert f"trial {dead[0].number} sent no heartbeat" in said and "machine-b" in said
+    assert len(_finished(study)) == 4
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    from mlflow.tracking import MlflowClient
+
+    os.environ.update(server.env)
+    client = MlflowClient(tracking_uri=server.url)
+    assert client.get_run(dead[0].user_attrs["mlflow_run_id"]).info.status == "FAILED"
+
+
+def test_postgres_restarted_mid_sweep(shared) -> None:
+    """The worker stops with one line saying the storage stopped answering; the same
+    command, once PostgreSQL is back, completes the study: nothing finished is lost."""
+    root, pg, server = shared
+    tmp = root / "restart"
+    tmp.mkdir()
+    qa, storage = _qa(tmp), pg.url("optuna")
+    env = {**os.environ, **pg.env, **server.env}
+    os.environ.update(pg.env)
+    cmd = _sweep_cmd(tmp, qa, storage, server.url, "sweep", *FAULT_SWEEP,
+                     "hydra.sweeper.study_name=restart", "train.iters=8")
+    worker = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # a trial finished, the next one training
+            try:
+                trials = optuna.load_study(study_name="restart", storage=storage).trials
+            except Exception:  # noqa: BLE001  (not created yet)
+                trials = []
+            if any(t.state.is_finished() for t in trials) and any(
+                    t.state == TrialState.RUNNING and t.intermediate_values for t in trials):
+                break
+            time.sleep(0.2)
+        before = {t.number: (t.state, t.values) for t in trials if t.state.is_finished()}
+        pg.stop("fast")
+        time.sleep(2)
+    finally:
+        pg.start()
+    said = worker.communicate(timeout=600)[0]
+    assert worker.returncode == 2, said[-3000:]
+    assert "the study's storage stopped answering" in said and "Traceback" not in said
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    study = optuna.load_study(study_name="restart", storage=storage)
+    assert {n: (study.trials[n].state, study.trials[n].values) for n in before} == before
+    assert len(_finished(study)) == 4
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+
+
+def test_an_unreachable_mlflow_server_leaves_the_study_as_it_was(shared) -> None:
+    root, pg, _ = shared
+    tmp = root / "unreachable"
+    tmp.mkdir()
+    from servers import free_port
+
+    qa, storage = _qa(tmp), pg.url("optuna")
+    url = f"http://127.0.0.1:{free_port()}"
+    out = subprocess.run(_sweep_cmd(tmp, qa, storage, url, "sweep", *FAULT_SWEEP,
+                                    "hydra.sweeper.study_name=unreachable"),
+                         cwd=ROOT, env={**os.environ, **pg.env}, capture_output=True, text=True,
+                         timeout=300)
+    said = out.stdout + out.stderr
+    assert out.returncode == 2 and f"mlflow.tracking_uri={url}: no MLflow server answers" in said
+    assert "Traceback" not in said, said[-3000:]
+    os.environ.update(pg.env)
+    names = optuna.get_all_study_names(storage=storage)
+    if "unreachable" in names:  # made before the tracking check: it must hold no trial
+        assert optuna.load_study(study_name="unreachable", storage=storage).trials == []

@@ -30,17 +30,17 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from optuna.trial import FrozenTrial, TrialState
 
-from sweep.optuna_link import HEARTBEAT_ATTR, PRUNER_ATTR, build_pruner
 from sweep.faults import point
-from sweep.locks import init_lock, study_lock
-from sweep.paths import ensure_sqlite_folder, mask_password
+from sweep.locks import study_lock
+from sweep.optuna_link import HEARTBEAT_ATTR, PRUNER_ATTR, build_pruner
 
 from hydra_plugins.sweep_optuna._proposals import (Proposer, QuotaReached, SpaceExhausted,
                                                    SweepAborted, build_sampler, frozen_trial,
                                                    hydra_value, owner_died, ran, tell_fail)
-from hydra_plugins.sweep_optuna._winner import EVALUATED_ATTR, evaluate_best, register_best
 from hydra_plugins.sweep_optuna._search_space import (SearchSpace, SearchSpaceError,
                                                       parse_search_space)
+from hydra_plugins.sweep_optuna._storage import lost_message, open_storage, storage_lost
+from hydra_plugins.sweep_optuna._winner import EVALUATED_ATTR, evaluate_best, register_best
 
 # SweepAborted, build_sampler and hydra_value live in _proposals; callers may import them here
 __all__ = ["SweeperImpl", "SweepAborted", "build_sampler", "hydra_value", "plain", "WORKER_ENV",
@@ -54,6 +54,7 @@ warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to b
 warnings.filterwarnings("ignore", message=".*fail_stale_trials is experimental")
 
 WORKER_ENV = "SWEEP_OPTUNA_WORKER"
+WAIT_POLL = 2.0  # seconds between looks at other processes' running trials
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -88,23 +89,8 @@ class SweeperImpl:
 
     # -- the study ---------------------------------------------------------------
     def _storage(self) -> optuna.storages.RDBStorage:
-        from sweep.errors import SweepError
-
-        url = str(self.settings["storage"])
-        try:
-            ensure_sqlite_folder(url, "hydra.sweeper.storage")
-        except SweepError as error:
-            raise SweepAborted(str(error)) from None
-        try:
-            with init_lock(url):  # creating the tables: one process at a time
-                return optuna.storages.RDBStorage(
-                    url, heartbeat_interval=int(self.settings["heartbeat_interval"]),
-                    grace_period=int(self.settings["grace_period"]))
-        except Exception as error:  # an unreachable server, a bad URL, a missing driver
-            first = str(getattr(error, "orig", None) or error).strip().splitlines()
-            raise SweepAborted(f"hydra.sweeper.storage={mask_password(url)}: cannot open the study's "
-                               f"storage ({type(error).__name__}: "
-                               f"{first[0] if first else ''})") from None
+        return open_storage(str(self.settings["storage"]), int(self.settings["heartbeat_interval"]),
+                            int(self.settings["grace_period"]))
 
     def _objectives(self) -> List[str]:
         return list(self.settings["objectives"])
@@ -147,9 +133,9 @@ class SweeperImpl:
             if owner_died(t, host):
                 tell_fail(study, t.number)
                 failed.append(t.number)
-        failed += optuna.storages.fail_stale_trials(study) or []
         if failed:
             log.warning("Trials %s were left RUNNING by a process that died: now FAIL", failed)
+        optuna.storages.fail_stale_trials(study)  # silent ones: _storage.on_stale_trial
         return failed
 
     def propose(self, study: optuna.Study, space: SearchSpace) -> optuna.trial.Trial:
@@ -267,7 +253,7 @@ class SweeperImpl:
                 for i in range(1, n)]
 
     def sweep(self, arguments: List[str]) -> Any:
-        from hydra_plugins.sweep_optuna._report import StudyReport
+        from hydra_plugins.sweep_optuna._report import StudyReport, check_tracking
 
         try:
             space = parse_search_space(dict(self.settings["params"] or {}), arguments)
@@ -283,6 +269,7 @@ class SweeperImpl:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
 
+        check_tracking(self.config)
         study = self.open_study(space)
         self.check_space_fits(study, space)
         self.fail_dead_trials(study)
@@ -294,10 +281,14 @@ class SweeperImpl:
         results = []
         try:
             while True:
+                self.fail_dead_trials(study)  # of this host's dead processes, or silent
                 finished = len(study.get_trials(deepcopy=False, states=FINISHED))
                 running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
                 if finished + running >= n_trials:
-                    break
+                    if not running or os.environ.get(WORKER_ENV):
+                        break
+                    time.sleep(WAIT_POLL)  # others' trials (workers, other machines): if
+                    continue               # one fails, this process runs another
                 self.check_failure_rate(study)
                 point("between_trials")
                 try:
@@ -313,15 +304,17 @@ class SweeperImpl:
                 if worker.wait() != 0:
                     log.warning("worker process %d exited with status %d", worker.pid,
                                 worker.returncode)
-            while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) and \
-                    not os.environ.get(WORKER_ENV):
-                self.fail_dead_trials(study)  # other machines' trials: wait for them
-                time.sleep(5)
         except BaseException as error:
-            report.close_parent_run("FAILED" if not isinstance(error, KeyboardInterrupt)
-                                    else "KILLED")
+            lost = storage_lost(error)
+            try:
+                report.close_parent_run("FAILED" if not isinstance(error, KeyboardInterrupt)
+                                        else "KILLED", study_readable=lost is None)
+            except Exception as also:  # noqa: BLE001  (the error above is the one to show)
+                log.warning("could not close the study's MLflow run: %s", also)
             for worker in workers:
                 worker.terminate()
+            if lost is not None:
+                raise SweepAborted(lost_message(str(self.settings["storage"]), lost)) from None
             raise
         if not os.environ.get(WORKER_ENV):  # sweeps ending together: one after the other
             with study_lock(str(self.settings["storage"]), study.study_name):

@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweep.faults import point
 
-from hydra_plugins.sweep_optuna._proposals import ran
+from hydra_plugins.sweep_optuna._proposals import SweepAborted, ran
 from hydra_plugins.sweep_optuna._search_space import SearchSpace
 
 log = logging.getLogger("sweep.sweeper")
@@ -144,6 +144,21 @@ def leaderboard_text(study: optuna.Study, rows: List[Dict[str, Any]], width: int
     return title + "\n" + format_table(header, cells, width, repeat=1, left=("state",))
 
 
+def check_tracking(config: DictConfig) -> None:
+    """Before the study is opened: a tracking server that does not answer is one line in
+    about a second (MLflow's client retries for minutes), and the study is untouched."""
+    if not OmegaConf.select(config, "mlflow.enabled", default=False):
+        return
+    from sweep.config.schema import MlflowConfig
+    from sweep.errors import SweepError
+    from sweep.tracking.mlflow_tracker import check_tracking as check
+
+    try:
+        check(MlflowConfig(**OmegaConf.to_container(config.mlflow, resolve=True)))
+    except SweepError as error:
+        raise SweepAborted(str(error)) from None
+
+
 class StudyReport:
     def __init__(self, study: optuna.Study, config: DictConfig, settings: Mapping[str, Any],
                  space: SearchSpace):
@@ -245,9 +260,10 @@ class StudyReport:
             except Exception as error:
                 log.warning("could not close MLflow run %s: %s", run_id, error)
 
-    def close_parent_run(self, status: str) -> None:
+    def close_parent_run(self, status: str, study_readable: bool = True) -> None:
         if self.client is not None and self.run_id:
-            self.mark_dead_runs()
+            if study_readable:
+                self.mark_dead_runs()
             self.client.set_terminated(self.run_id, status=status)
 
     # -- the report --------------------------------------------------------------

@@ -1,0 +1,71 @@
+"""The study's storage: opening it (one line naming ``hydra.sweeper.storage`` when it
+cannot be), and telling a storage that stopped answering mid-sweep (a restarted or
+unreachable PostgreSQL) from other errors, so the sweep stops with one line saying so."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import logging
+
+import optuna
+
+from sweep.locks import init_lock
+from sweep.paths import ensure_sqlite_folder, mask_password
+
+from hydra_plugins.sweep_optuna._proposals import SweepAborted
+
+__all__ = ["open_storage", "storage_lost", "lost_message", "on_stale_trial"]
+
+log = logging.getLogger("sweep.sweeper")
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(getattr(error, "orig", None) or error).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def open_storage(url: str, heartbeat_interval: int, grace_period: int
+                 ) -> optuna.storages.RDBStorage:
+    from sweep.errors import SweepError
+
+    try:
+        ensure_sqlite_folder(url, "hydra.sweeper.storage")
+    except SweepError as error:
+        raise SweepAborted(str(error)) from None
+    try:
+        with init_lock(url):  # creating the tables: one process at a time
+            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval,
+                                              grace_period=grace_period,
+                                              failed_trial_callback=on_stale_trial)
+    except Exception as error:  # an unreachable server, a bad URL, a missing driver
+        raise SweepAborted(f"hydra.sweeper.storage={mask_password(url)}: cannot open the "
+                           f"study's storage ({type(error).__name__}: {_first_line(error)})"
+                           ) from None
+
+
+def on_stale_trial(study: optuna.Study, trial) -> None:
+    """Optuna set ``trial`` FAIL: no heartbeat for the storage's grace period."""
+    log.warning("trial %d sent no heartbeat for hydra.sweeper.grace_period s (its process "
+                "died, on %s): now FAIL", trial.number,
+                trial.user_attrs.get("host", trial.user_attrs.get("sweeper_host", "?")))
+
+
+def storage_lost(error: BaseException) -> Optional[BaseException]:
+    """The database error behind ``error`` if the storage stopped answering (its
+    connection failed or was cut), else None."""
+    import sqlalchemy.exc
+
+    seen = error
+    while seen is not None:
+        if isinstance(seen, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def lost_message(url: str, cause: BaseException) -> str:
+    return (f"hydra.sweeper.storage={mask_password(url)}: the study's storage stopped "
+            f"answering ({_first_line(cause)}). Finished trials are kept; run the same "
+            "command when it is back: the trial that was running is recorded as FAIL and "
+            "the study goes on")
