@@ -86,7 +86,10 @@ def _qa(tmp: Path) -> Path:
 
 
 def _sweep_cmd(tmp: Path, qa: Path, storage: str, tracking: str, sweep_dir: str, *extra: str):
-    return [sys.executable, "-m", "sweep", "-m", "model=tiny", "data=jsonl", f"data.path={qa}",
+    flags = [e for e in extra if e.startswith("--")]  # Hydra's flags before the overrides
+    extra = tuple(e for e in extra if not e.startswith("--"))
+    return [sys.executable, "-m", "sweep", "-m", *flags, "model=tiny", "data=jsonl",
+            f"data.path={qa}",
             "data.test_fraction=0.2", "train.iters=4", "train.grad_accumulation=1",
             "train.eval_every_iters=2", "train.val_batches=1", "eval.max_tokens=4",
             f"cache_dir={tmp.parent}/cache", f"hydra.sweeper.storage={storage}",
@@ -96,6 +99,30 @@ def _sweep_cmd(tmp: Path, qa: Path, storage: str, tracking: str, sweep_dir: str,
 def _worker_cmd(tmp: Path, qa: Path, conf: Path, storage: str, tracking: str, i: int):
     return _sweep_cmd(tmp, qa, storage, tracking, f"worker{i}", f"--config-dir={conf}",
                       "hparams_search=shared")
+
+
+def _status_while_running(tmp: Path, storage: str, search: str, env, workers) -> dict:
+    """``sweep-status status.format=json`` until it shows two running trials and a
+    finished one with a heartbeat (or the workers end): the last such view."""
+    cmd = [sys.executable, "-m", "sweep.cli.status", f"--config-dir={tmp / 'conf'}",
+           "status.format=json", "hparams_search=shared",
+           f"hydra.sweeper.storage={storage}"]
+    seen: dict = {}
+    out = None
+    while any(w.poll() is None for w in workers):
+        out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        if out.returncode == 0:
+            view = json.loads(out.stdout)
+            if len(view["running"]) >= 2 and all(r["heartbeat_seconds"] is not None
+                                                  for r in view["running"]):
+                seen = view
+                if view["finished"]:
+                    break
+        time.sleep(1)
+    assert seen, ("sweep-status never saw two running trials with heartbeats",
+                  [w.returncode for w in workers], workers[0].communicate()[0][-3000:],
+                  out and (out.returncode, out.stdout[-2000:], out.stderr[-2000:]))
+    return seen
 
 
 @pytest.mark.parametrize("search", ["grid", "tpe"])
@@ -118,6 +145,7 @@ def test_three_workers_share_one_study_and_one_record(shared, search: str) -> No
                                 cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
                for i in range(N_WORKERS)]
+    seen = _status_while_running(tmp, storage, search, env, workers)
     outputs = [w.communicate(timeout=900)[0] for w in workers]
     seconds = time.monotonic() - started
     for worker, out in zip(workers, outputs):
@@ -160,6 +188,15 @@ def test_three_workers_share_one_study_and_one_record(shared, search: str) -> No
     assert len(evaluations) == 1 and len(versions) == 1, (evaluations, versions)
     assert client.get_model_version_by_alias(f"sweep-shared_{search}", "best").run_id == best_run
     said = "\n".join(outputs)
+
+    # sweep-status, from another process, saw the workers' trials as they ran
+    worker_pids = {w.pid for w in workers}
+    assert seen["study"] == f"shared_{search}" and seen["n_trials"] == N_TRIALS
+    assert seen["running"] and {r["pid"] for r in seen["running"]} <= worker_pids
+    assert all(r["host"] and r["heartbeat_seconds"] is not None and not r["stale"]
+               for r in seen["running"])
+    assert seen["finished"] + len(seen["running"]) <= N_TRIALS
+    assert sum(seen["states"].values()) == len(numbers) or seen["finished"] < N_TRIALS
 
     for secret in (pg.password, server.password):
         assert secret not in said

@@ -104,11 +104,15 @@ class OptunaTrialLink:
         self._beat.start()
 
     def _heartbeat(self) -> None:
-        while not self._stop.wait(self.storage.get_heartbeat_interval() or 30):
+        """A beat at once, then every interval: Optuna fails only trials that have beaten
+        (a job killed before its first beat would stay RUNNING on another machine)."""
+        while True:
             try:
                 self.storage.record_heartbeat(self.trial_id)
             except Exception:  # a missed beat is not worth killing the trial
                 pass
+            if self._stop.wait(self.storage.get_heartbeat_interval() or 30):
+                return
 
     @property
     def listener(self) -> Listener:
