@@ -197,3 +197,41 @@ def test_the_documented_submitit_line_composes() -> None:
     assert int(cfg.hydra.sweeper.n_workers) > 1  # one SLURM job in flight per process
     assert cfg.hydra.sweeper.storage.startswith("postgresql+psycopg://")
     assert cfg.mlflow.tracking_uri.startswith("http")
+
+
+@pytest.mark.slow
+def test_a_stopped_joblib_sweep_leaves_nothing_running(tmp_path: Path, qa_file: Path) -> None:
+    """SIGTERM to the sweeper while a loky worker trains: joblib kills the worker before
+    it can tell Optuna, so the sweeper tells FAIL itself (before: RUNNING until the next
+    run of the command)."""
+    import signal
+    import time
+
+    storage = f"sqlite:///{tmp_path}/o.db"
+    cmd = [sys.executable, "-m", "sweep", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+           *tiny_overrides(tmp_path, qa_file, "train.iters=4000"), "hydra.sweeper.n_trials=1",
+           f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=s",
+           f"hydra.sweep.dir={tmp_path}/sweep", "eval.after_sweep=false", "registry.after_sweep=false"]
+    sweeper = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:  # the job is training and has reported once
+            try:
+                trials = optuna.load_study(study_name="s", storage=storage).trials
+            except Exception:  # noqa: BLE001  (not made yet)
+                trials = []
+            if trials and trials[0].intermediate_values:
+                break
+            time.sleep(0.3)
+        sweeper.send_signal(signal.SIGTERM)
+        out = sweeper.communicate(timeout=120)[0]
+    finally:
+        if sweeper.poll() is None:
+            sweeper.kill()
+    assert sweeper.returncode == 143, out[-3000:]
+    trial = optuna.load_study(study_name="s", storage=storage).trials[0]
+    assert trial.state == TrialState.FAIL and "stopped" in trial.user_attrs["fail_reason"]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow/m.db")
+    runs = client.search_runs([client.get_experiment_by_name("sweep").experiment_id])
+    assert runs and not [r for r in runs if r.info.status == "RUNNING"]

@@ -161,10 +161,14 @@ class SweeperImpl:
         try:
             self.validate(overrides)
             result = self.launcher.launch([overrides], initial_job_idx=trial.number)[0]
-        except Exception as error:  # composition errors: this trial FAILs, the sweep goes on
-            tell_fail(study, trial, f"{type(error).__name__}: {error}")
-            log.error("trial %d could not start: %s", trial.number, error)
+        except Exception as error:  # composition, or the launcher's job process died:
+            tell_fail(study, trial, f"{type(error).__name__}: {error}")  # the sweep goes on
+            log.error("trial %d failed in its launcher: %s", trial.number, error)
             return None
+        except BaseException as stop:  # SIGTERM / Ctrl-C: a launcher's job process (joblib)
+            if frozen_trial(study, trial.number).state == TrialState.RUNNING:  # is killed
+                tell_fail(study, trial, f"stopped: {stop or type(stop).__name__}")  # untold
+            raise
         frozen = frozen_trial(study, trial.number)
         if frozen.state == TrialState.RUNNING:  # the job died before telling
             reason = result._return_value if result.status == JobStatus.FAILED else "no result"
