@@ -1,8 +1,10 @@
 """The console scripts, one thin Hydra app per module, each composed from the same
 ``conf/`` (so overrides and ``--cfg job`` work): ``sweep`` (:mod:`sweep.cli.sweep`),
 ``sweep-eval`` (:mod:`sweep.cli.eval`), ``sweep-export`` (:mod:`sweep.cli.export`),
-``sweep-chat`` (:mod:`sweep.cli.chat`). Each ``main`` calls :func:`sweep.runtime.setup`
-first, before anything imports mlx; importing these modules sets nothing up."""
+``sweep-chat`` (:mod:`sweep.cli.chat`) and ``sweep-status`` (:mod:`sweep.cli.status`).
+Each ``main`` refuses a password in a command-line URL (:mod:`sweep.secrets`), then (but
+sweep-status, which needs no MLX) calls :func:`sweep.runtime.setup` before anything
+imports mlx; importing these modules sets nothing up."""
 
 from __future__ import annotations
 

@@ -38,6 +38,9 @@ def app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    from sweep.secrets import refuse_in_argv
+
+    refuse_in_argv("sweep-eval")  # before Hydra writes the command line anywhere
     runtime.setup()  # before anything imports mlx
     app()
 
