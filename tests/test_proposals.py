@@ -56,6 +56,25 @@ def open_sweeper(tmp: Path, sampler: str, seed: int = 5) -> Tuple[SweeperImpl, o
     return impl, impl.open_study(parse_search_space(LORA))
 
 
+def together(sweepers, work) -> None:
+    """``work(impl, study)`` for each sweeper, in threads released at the same moment."""
+    start, errors = threading.Barrier(len(sweepers)), []
+
+    def body(impl: SweeperImpl, study: optuna.Study) -> None:
+        try:
+            start.wait()
+            work(impl, study)
+        except BaseException as error:  # noqa: BLE001  (reported below)
+            errors.append(error)
+
+    threads = [threading.Thread(target=body, args=pair) for pair in sweepers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
 def run(impl: SweeperImpl, study: optuna.Study, space: SearchSpace, n: int) -> List[Tuple]:
     proposed = []
     for _ in range(n):
@@ -127,21 +146,7 @@ def test_two_processes_interleaved_with_running_trials(tmp_path: Path, sampler: 
 def test_two_processes_at_the_same_time(tmp_path: Path, sampler: str) -> None:
     space = parse_search_space(LORA)
     sweepers = [open_sweeper(tmp_path, sampler), open_sweeper(tmp_path, sampler)]
-    start, errors = threading.Barrier(len(sweepers)), []
-
-    def work(impl: SweeperImpl, study: optuna.Study) -> None:
-        try:
-            start.wait()
-            run(impl, study, space, 7)
-        except BaseException as error:  # noqa: BLE001  (reported below)
-            errors.append(error)
-
-    threads = [threading.Thread(target=work, args=pair) for pair in sweepers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    together(sweepers, lambda impl, study: run(impl, study, space, 7))
     study = sweepers[0][1]
     assert repeats(study) == 0 and len(study.trials) == 14
 
@@ -285,24 +290,15 @@ def test_processes_that_count_together_never_exceed_n_trials(tmp_path: Path) -> 
     finished trials of 4 with 3 sweeps before the count after ``ask``)."""
     space = parse_search_space(LORA)
     sweepers = [open_sweeper(tmp_path, "random") for _ in range(6)]
-    start, ran_numbers, not_run, errors = threading.Barrier(len(sweepers)), [], [], []
+    ran_numbers, not_run = [], []
 
     def work(impl: SweeperImpl, study: optuna.Study) -> None:
         try:
-            start.wait()
-            trial = impl.proposer.propose(study, space, limit=3)
-            ran_numbers.append(trial.number)
+            ran_numbers.append(impl.proposer.propose(study, space, limit=3).number)
         except _proposals.QuotaReached:
             not_run.append(1)
-        except BaseException as error:  # noqa: BLE001  (reported below)
-            errors.append(error)
 
-    threads = [threading.Thread(target=work, args=pair) for pair in sweepers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    together(sweepers, work)
     study = sweepers[0][1]
     assert sorted(ran_numbers) == [0, 1, 2] and len(not_run) == 3
     left = study.get_trials(states=(TrialState.FAIL,))
