@@ -240,6 +240,8 @@ def owner_died(t: FrozenTrial, host: str) -> bool:
     """The trial's job or sweeper process was on this host and is gone."""
     owner_pid = t.user_attrs.get("pid", t.user_attrs.get("sweeper_pid"))
     owner_host = t.user_attrs.get("host", t.user_attrs.get("sweeper_host"))
+    if owner_pid is None:  # just asked: its host is written before its pid (CI: a trial
+        return False       # failed by another worker in between, mid-proposal)
     return owner_host == host and not _pid_alive(owner_pid)
 
 

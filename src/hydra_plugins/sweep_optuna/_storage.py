@@ -37,7 +37,7 @@ def open_storage(url: str, heartbeat_interval: int, grace_period: int
         with init_lock(url):  # creating the tables: one process at a time
             return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval,
                                               grace_period=grace_period,
-                                              failed_trial_callback=on_stale_trial)
+                                              heartbeat_stale_trial_callback=on_stale_trial)
     except Exception as error:  # an unreachable server, a bad URL, a missing driver
         raise SweepAborted(f"hydra.sweeper.storage={mask_password(url)}: cannot open the "
                            f"study's storage ({type(error).__name__}: {_first_line(error)})"
