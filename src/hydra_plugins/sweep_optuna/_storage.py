@@ -56,11 +56,16 @@ def storage_lost(error: BaseException) -> Optional[BaseException]:
     connection failed or was cut), else None."""
     import sqlalchemy.exc
 
+    seen: Optional[BaseException] = error
+    while seen is not None:  # a stop (SIGTERM, Ctrl-C) is a stop, whatever it interrupted
+        if isinstance(seen, KeyboardInterrupt):
+            return None
+        seen = seen.__cause__ or seen.__context__
     seen = error
     while seen is not None:
         if isinstance(seen, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
             return seen
-        seen = seen.__cause__ or seen.__context__
+        seen = seen.__cause__
     return None
 
 
