@@ -23,7 +23,7 @@ import logging
 from contextlib import contextmanager
 from typing import Iterator
 
-from sweep.paths import sqlite_file, sqlite_init_lock
+from sweep.paths import sqlite_file, sqlite_init_lock, sqlite_lock
 
 __all__ = ["init_lock", "study_lock", "advisory_lock"]
 
@@ -82,15 +82,8 @@ def study_lock(storage_url: str, study_name: str) -> Iterator[None]:
     path = sqlite_file(storage_url)
     waiting = f"waiting for another process to finish study {study_name}'s last steps"
     if path is not None:
-        import fcntl
-
-        with open(path.with_name(f"{path.name}.{_key(study_name) & 0xFFFFFFFF:08x}.lock"),
-                  "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with sqlite_lock(storage_url, f"{_key(study_name) & 0xFFFFFFFF:08x}.lock"):
+            yield
     elif _is_postgres(storage_url):
         with advisory_lock(storage_url, f"study:{study_name}", waiting):
             yield

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 __all__ = ["cache_root", "cpu_id", "write_atomic", "sqlite_file", "ensure_sqlite_folder",
-           "sqlite_init_lock", "mask_password", "ensure_folder"]
+           "sqlite_init_lock", "sqlite_lock", "mask_password", "ensure_folder"]
 
 
 def cache_root(cache_dir: Optional[str] = None) -> Path:
@@ -81,7 +81,15 @@ def sqlite_init_lock(url: str) -> Iterator[None]:
     MLflow and Optuna create their tables (alembic migrations) the first time a process
     opens a fresh database; two processes doing it at once fail with ``UNIQUE constraint
     failed: alembic_version``. Hold this around the first use of a store. Not SQLite
-    (PostgreSQL, HTTP): no lock; those servers serialise their own schema changes."""
+    SQLite: none here (sweep.locks.init_lock takes an advisory lock for PostgreSQL)."""
+    with sqlite_lock(url, "init-lock"):
+        yield
+
+
+@contextmanager
+def sqlite_lock(url: str, suffix: str) -> Iterator[None]:
+    """An ``flock`` on ``<database>.<suffix>`` beside a SQLite database; no lock for
+    other URLs."""
     path = sqlite_file(url)
     if path is None:
         yield
@@ -89,7 +97,7 @@ def sqlite_init_lock(url: str) -> Iterator[None]:
     import fcntl
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".init-lock"), "a") as handle:
+    with open(path.with_name(f"{path.name}.{suffix}"), "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
