@@ -85,10 +85,19 @@ class OptunaTrialLink:
     def __init__(self, link: TrialLink):
         import optuna
 
-        probe = optuna.storages.RDBStorage(link.storage)
-        attrs = probe.get_study_user_attrs(probe.get_study_id_from_name(link.study_name))
-        self.storage = optuna.storages.RDBStorage(
-            link.storage, heartbeat_interval=int(attrs.get(HEARTBEAT_ATTR, 30)))
+        from sweep.storages import has_heartbeat, is_grpc, open_url
+
+        if is_grpc(link.storage):  # one channel; beats go into the trial (sweep.storages)
+            self.storage = open_url(link.storage)
+            attrs = self.storage.get_study_user_attrs(
+                self.storage.get_study_id_from_name(link.study_name))
+        else:
+            probe = open_url(link.storage)
+            attrs = probe.get_study_user_attrs(probe.get_study_id_from_name(link.study_name))
+            self.storage = open_url(link.storage,
+                                    heartbeat_interval=int(attrs.get(HEARTBEAT_ATTR, 30)))
+        self.interval = float(attrs.get(HEARTBEAT_ATTR, 30))
+        self._heartbeat_storage = has_heartbeat(self.storage)
         pruner = attrs.get(PRUNER_ATTR, {"name": "median", "kwargs": {}})
         self.study = optuna.load_study(study_name=link.study_name, storage=self.storage,
                                        pruner=build_pruner(pruner["name"], pruner["kwargs"]))
@@ -106,12 +115,19 @@ class OptunaTrialLink:
     def _heartbeat(self) -> None:
         """A beat at once, then every interval: Optuna fails only trials that have beaten
         (a job killed before its first beat would stay RUNNING on another machine)."""
+        import time
+
+        from sweep.storages import BEAT_ATTR
+
         while True:
             try:
-                self.storage.record_heartbeat(self.trial_id)
+                if self._heartbeat_storage:
+                    self.storage.record_heartbeat(self.trial_id)
+                else:  # gRPC proxy: the time of the beat, in the trial
+                    self.storage.set_trial_user_attr(self.trial_id, BEAT_ATTR, time.time())
             except Exception:  # a missed beat is not worth killing the trial
                 pass
-            if self._stop.wait(self.storage.get_heartbeat_interval() or 30):
+            if self._stop.wait(self.interval or 30):
                 return
 
     @property

@@ -80,7 +80,9 @@ def _from_sweep(folder: Path, spec: str, client) -> Target:
         raise TargetError(f"target={spec}: its study's database {database} does not exist "
                           "(run from the folder the sweep ran in, or name the trial's run id)")
     try:
-        study = optuna.load_study(study_name=str(name), storage=str(storage))
+        from sweep.storages import open_url
+
+        study = optuna.load_study(study_name=str(name), storage=open_url(str(storage)))
     except Exception as error:
         raise TargetError(f"target={spec}: cannot open its study '{name}' in {storage} "
                           f"({type(error).__name__})") from None

@@ -39,7 +39,8 @@ from hydra_plugins.sweep_optuna._proposals import (Proposer, QuotaReached, Space
                                                    hydra_value, owner_died, ran, tell_fail)
 from hydra_plugins.sweep_optuna._search_space import (SearchSpace, SearchSpaceError,
                                                       parse_search_space)
-from hydra_plugins.sweep_optuna._storage import lost_message, open_storage, storage_lost
+from hydra_plugins.sweep_optuna._storage import (fail_stale, lost_message, open_storage,
+                                                 storage_lost)
 from hydra_plugins.sweep_optuna._winner import EVALUATED_ATTR, evaluate_best, register_best
 
 # SweepAborted, build_sampler and hydra_value live in _proposals; callers may import them here
@@ -88,7 +89,7 @@ class SweeperImpl:
             hydra_context=hydra_context, task_function=task_function, config=config)
 
     # -- the study ---------------------------------------------------------------
-    def _storage(self) -> optuna.storages.RDBStorage:
+    def _storage(self) -> optuna.storages.BaseStorage:
         return open_storage(str(self.settings["storage"]), int(self.settings["heartbeat_interval"]),
                             int(self.settings["grace_period"]))
 
@@ -135,7 +136,7 @@ class SweeperImpl:
                 failed.append(t.number)
         if failed:
             log.warning("Trials %s were left RUNNING by a process that died: now FAIL", failed)
-        optuna.storages.fail_stale_trials(study)  # silent ones: _storage.on_stale_trial
+        fail_stale(study, int(self.settings["grace_period"]))  # silent ones, any host
         return failed
 
     def propose(self, study: optuna.Study, space: SearchSpace) -> optuna.trial.Trial:

@@ -30,7 +30,7 @@ from hydra_plugins.sweep_optuna._search_space import SearchSpace, grid_values
 __all__ = ["SweepAborted", "SpaceExhausted", "Proposer", "build_sampler", "trial_seed",
            "suggest", "config_key", "draw", "finite_points", "hydra_value", "owner_died",
            "frozen_trial", "tell_fail", "ran", "TAKEN", "MAX_DRAWS", "MAX_POINTS",
-           "EARLIER_TRIALS_WAIT", "NOT_RUN_ATTR", "QuotaReached"]
+           "EARLIER_TRIALS_WAIT", "NOT_RUN_ATTR", "PROPOSAL_ATTR", "QuotaReached"]
 
 log = logging.getLogger("sweep.sweeper")
 
@@ -42,6 +42,7 @@ EARLIER_TRIALS_WAIT = 30.0  # seconds a trial waits for the params of the trials
 # user attr of a trial that was asked but never launched (n_trials already taken by others,
 # the last configurations taken): FAIL in Optuna, left out of counts, rates and reports
 NOT_RUN_ATTR = "not_run"
+PROPOSAL_ATTR = "proposal_seconds"  # user attr: {"ask": study.ask(), "total": to params}
 
 
 class SweepAborted(RuntimeError):
@@ -283,7 +284,9 @@ class Proposer:
         if points is not None and not {config_key(p) for p in points} - self._taken(study, -1):
             raise SpaceExhausted(f"all {len(points)} configurations of the search space "
                                  "have run or are running")
+        asked = time.perf_counter()
         trial = study.ask()  # its number first: the draw's seed depends on it
+        ask_seconds = time.perf_counter() - asked
         trial.set_user_attr("sweeper_host", socket.gethostname())
         trial.set_user_attr("sweeper_pid", os.getpid())
         if limit is not None:
@@ -306,6 +309,8 @@ class Proposer:
             for name, distribution in space.distributions.items():
                 suggest(trial, name, distribution)
         chosen = [f"{k}={hydra_value(v)}" for k, v in trial.params.items()]
+        trial.set_user_attr(PROPOSAL_ATTR, {"ask": round(ask_seconds, 6), "total": round(
+            time.perf_counter() - asked, 6)})  # seconds (bench/load.py reads them)
         trial.set_user_attr("overrides", space.fixed + chosen)  # the proposal is complete
         return trial
 

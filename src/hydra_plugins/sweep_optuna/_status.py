@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sweep.errors import SweepError
 from sweep.optuna_link import HEARTBEAT_ATTR
 from sweep.paths import mask_password, sqlite_file
+from sweep.storages import BEAT_ATTR, has_heartbeat, is_grpc, open_url
 
 from hydra_plugins.sweep_optuna._proposals import ran
 
@@ -52,6 +53,11 @@ def open_readonly(url: str, key: str = "hydra.sweeper.storage") -> optuna.storag
     import sqlalchemy
 
     shown = mask_password(url)
+    if is_grpc(url):  # the proxy's database already has its tables; it creates nothing here
+        try:
+            return open_url(url)
+        except (ConnectionError, ValueError) as error:
+            raise StatusError(f"{key}={shown}: {error}") from None
     path = sqlite_file(url)
     if path is not None and not path.is_file():
         raise StatusError(f"{key}={shown}: no such SQLite file {path} (sweep-status reads "
@@ -85,8 +91,15 @@ def load_study(storage: optuna.storages.RDBStorage, name: str, url: str) -> optu
 
 
 def heartbeat_ages(storage: optuna.storages.RDBStorage, study_id: int) -> Dict[int, float]:
-    """Seconds since each trial's last heartbeat (trials that beat), by trial number."""
+    """Seconds since each trial's last heartbeat (trials that beat), by trial number.
+    Behind a gRPC proxy, the beat each job writes into its trial (``sweep.storages``)."""
     import sqlalchemy
+
+    if not has_heartbeat(storage):
+        now_s = time.time()
+        running = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+        return {t.number: now_s - float(t.user_attrs[BEAT_ATTR]) for t in running
+                if isinstance(t.user_attrs.get(BEAT_ATTR), (int, float))}
 
     query = sqlalchemy.text(_HEARTBEATS).columns(number=sqlalchemy.Integer,
                                                  heartbeat=sqlalchemy.DateTime)

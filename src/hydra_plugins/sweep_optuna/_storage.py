@@ -15,7 +15,7 @@ from sweep.paths import ensure_sqlite_folder, mask_password
 
 from hydra_plugins.sweep_optuna._proposals import SweepAborted
 
-__all__ = ["open_storage", "storage_lost", "lost_message", "on_stale_trial"]
+__all__ = ["open_storage", "storage_lost", "lost_message", "on_stale_trial", "fail_stale"]
 
 log = logging.getLogger("sweep.sweeper")
 
@@ -26,8 +26,11 @@ def _first_line(error: BaseException) -> str:
 
 
 def open_storage(url: str, heartbeat_interval: int, grace_period: int
-                 ) -> optuna.storages.RDBStorage:
+                 ) -> optuna.storages.BaseStorage:
+    """A database (``RDBStorage`` with heartbeats) or a gRPC storage proxy
+    (``grpc://host:port``, see :mod:`sweep.storages`)."""
     from sweep.errors import SweepError
+    from sweep.storages import open_url
 
     try:
         ensure_sqlite_folder(url, "hydra.sweeper.storage")
@@ -35,9 +38,8 @@ def open_storage(url: str, heartbeat_interval: int, grace_period: int
         raise SweepAborted(str(error)) from None
     try:
         with init_lock(url):  # creating the tables: one process at a time
-            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval,
-                                              grace_period=grace_period,
-                                              heartbeat_stale_trial_callback=on_stale_trial)
+            return open_url(url, heartbeat_interval=heartbeat_interval,
+                            grace_period=grace_period, stale_callback=on_stale_trial)
     except Exception as error:  # an unreachable server, a bad URL, a missing driver
         raise SweepAborted(f"hydra.sweeper.storage={mask_password(url)}: cannot open the "
                            f"study's storage ({type(error).__name__}: {_first_line(error)})"
@@ -49,6 +51,22 @@ def on_stale_trial(study: optuna.Study, trial) -> None:
     log.warning("trial %d sent no heartbeat for hydra.sweeper.grace_period s (its process "
                 "died, on %s): now FAIL", trial.number,
                 trial.user_attrs.get("host", trial.user_attrs.get("sweeper_host", "?")))
+
+
+def fail_stale(study: optuna.Study, grace_period: int) -> None:
+    """Trials whose job went silent -> FAIL: Optuna's heartbeats on a database; on a gRPC
+    proxy (no heartbeats), the beat each job writes into its trial (``sweep.storages``)."""
+    from sweep.storages import has_heartbeat, silent_trials
+
+    from hydra_plugins.sweep_optuna._proposals import tell_fail
+
+    if has_heartbeat(study._storage):
+        optuna.storages.fail_stale_trials(study)  # calls on_stale_trial
+        return
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for t in silent_trials(running, grace_period):
+        tell_fail(study, t.number)
+        on_stale_trial(study, t)
 
 
 def storage_lost(error: BaseException) -> Optional[BaseException]:

@@ -1,7 +1,8 @@
 """Schemas of the commands that use a trained adapter: ``sweep-eval`` (``eval.*``),
 ``sweep-export`` (``export.*``), ``sweep-chat`` (``chat.*``), the model registry that a
-sweep's winner is registered in (``registry.*``), and ``sweep-status`` (``status.*``), which
-reads a study's progress."""
+sweep's winner is registered in (``registry.*``), ``sweep-status`` (``status.*``), which
+reads a study's progress, and ``sweep-proxy`` (``proxy.*``), which serves a study storage to
+many workers."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Optional
 from sweep.config.checks import require as _require
 
 __all__ = ["EvalConfig", "ExportConfig", "ChatConfig", "RegistryConfig", "StatusFormat",
-           "StatusConfig"]
+           "StatusConfig", "ProxyConfig"]
 
 
 @dataclass
@@ -102,3 +103,19 @@ class StatusConfig:
         for key in ("failures", "front"):
             _require(getattr(self, key) >= 0, f"status.{key}", "must be >= 0",
                      getattr(self, key))
+
+
+@dataclass
+class ProxyConfig:
+    """``sweep-proxy``: Optuna's gRPC storage proxy in front of ``hydra.sweeper.storage``."""
+
+    # 127.0.0.1 by default: the proxy has no authentication (see the README before
+    # binding it to an address other machines reach)
+    host: str = "127.0.0.1"
+    port: int = 13000
+    threads: int = 16  # requests served at once (each may hold a database connection)
+
+    def __post_init__(self) -> None:
+        _require(0 < self.port < 65536, "proxy.port", "must be in 1..65535", self.port)
+        _require(self.threads >= 1, "proxy.threads", "must be >= 1", self.threads)
+        _require(bool(self.host), "proxy.host", "must be an address to listen on", self.host)

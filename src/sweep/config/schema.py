@@ -16,8 +16,8 @@ from typing import List, Optional
 from omegaconf import MISSING
 
 from sweep.config.checks import ConfigError, require as _require
-from sweep.config.commands import (ChatConfig, EvalConfig, ExportConfig, RegistryConfig,
-                                    StatusConfig, StatusFormat)
+from sweep.config.commands import (ChatConfig, EvalConfig, ExportConfig, ProxyConfig,
+                                    RegistryConfig, StatusConfig, StatusFormat)
 
 __all__ = [
     "ConfigError",
@@ -41,6 +41,7 @@ __all__ = [
     "RegistryConfig",
     "StatusFormat",
     "StatusConfig",
+    "ProxyConfig",
     "SweepConfig",
 ]
 
@@ -311,6 +312,7 @@ class SweepConfig:
     chat: ChatConfig = field(default_factory=ChatConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     status: StatusConfig = field(default_factory=StatusConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
     # sweep-eval / sweep-export / sweep-chat: a sweep's output folder (its best trial), an
     # MLflow run id, or an adapter folder
     target: Optional[str] = None

@@ -1,0 +1,99 @@
+"""A test hook for load tests: ``SWEEP_ZERO_COST=1`` replaces a trial's data, model and
+training with a zero-cost objective, and keeps everything around them real.
+
+A job of a sweep with it still composes its config through Hydra, is an Optuna trial (its
+heartbeat, ``trial.report`` and ``should_prune`` at each evaluation point, its tell), and
+records an MLflow run as a trial does: the nested child run with the flattened config as
+params, ``val_loss``/``val_ppl`` at the evaluation points, the ``config/`` artifacts,
+``best_val_loss`` and the end state. Nothing is loaded or trained, and no adapter is
+written, so a sweep's last steps must be off: ``eval.after_sweep=false
+registry.after_sweep=false`` (the load benchmark, ``bench/load.py``, sets them).
+
+The objective is a smooth function of the searched values (a bowl around lr 5e-4, rank 16,
+alpha = 2 x rank, accumulation 2, near the default sweep's real winner), reached along a
+falling curve, so samplers and pruners have something to work with. Unset (always, outside
+load tests) the hook costs one dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence
+
+__all__ = ["ENV", "enabled", "objective", "run"]
+
+ENV = "SWEEP_ZERO_COST"
+BASE_LOSS = 3.1  # the base model's validation loss on the default data, roughly
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV, "") not in ("", "0")
+
+
+def objective(lr: float, rank: int, alpha: float, grad_accumulation: int) -> float:
+    """The final validation loss the hook reports for these values."""
+    return (2.6 + 0.15 * (math.log10(lr) - math.log10(5e-4)) ** 2
+            + 0.02 * (math.log2(max(rank, 1)) - 4) ** 2
+            + 0.03 * abs(math.log2(max(alpha, 1e-9) / max(rank, 1)) - 1)
+            + 0.01 * (grad_accumulation - 2) ** 2)
+
+
+def run(cfg: Any, typed: Any, output_dir: Path, *, overrides: Sequence[str],
+        listeners: Iterable[Any], parent_run_id: Optional[str], run_name: Optional[str],
+        tags: Optional[Dict[str, str]], on_start: Optional[Callable[[Optional[str], str], None]]):
+    """What :func:`sweep.trial.run_trial` returns, without data, model or training."""
+    from sweep.config import flatten
+    from sweep.tracking.mlflow_tracker import MlflowTracker, NullTracker, check_tracking
+    from sweep.training.events import EvalReport, Listeners, TrainResult, TrialStopped
+    from sweep.trial import TrialResult, _write_config
+
+    started = time.perf_counter()
+    if typed.mlflow.enabled:
+        check_tracking(typed.mlflow)
+    tracker = MlflowTracker(typed.mlflow, run_name=run_name, parent_run_id=parent_run_id) \
+        if typed.mlflow.enabled else NullTracker()
+    t = typed.train
+    final = objective(typed.optimizer.lr, typed.lora.rank, typed.lora.alpha,
+                      t.grad_accumulation)
+    trainable = typed.lora.rank * 2 * 576 * 30 * 7  # SmolLM2-135M's shape, all linear layers
+    tracker.start({**flatten(typed), "lora.scale": typed.lora.scale,
+                   "trainable_parameters": trainable, "zero_cost": True},
+                  {"sweep.output_dir": str(Path(output_dir).resolve()), **(tags or {})})
+    if on_start is not None:
+        on_start(tracker.run_id, str(Path(output_dir).resolve()))
+    every = t.eval_every_iters or max(1, t.iters // 3)
+    points = list(range(every, t.iters, every)) + [t.iters]
+    listener = Listeners([tracker, *listeners])
+    try:
+        tracker.log_artifacts(_write_config(cfg, overrides, Path(output_dir) / "config"),
+                              "config")
+        for point in points:
+            left = 1.0 - point / t.iters
+            value = final + (BASE_LOSS - final) * left * left
+            listener.on_eval_report(EvalReport(
+                step=point // t.grad_accumulation, iteration=point, val_loss=value,
+                val_ppl=math.exp(value), is_best=True, trained_tokens=0, seconds=0.0,
+                final=point == t.iters, val_loss_se=0.05, whole_split=point == t.iters))
+        result = TrainResult(best_val_loss=final, best_step=t.iters // t.grad_accumulation,
+                             steps=t.iters // t.grad_accumulation, iterations=t.iters,
+                             trained_tokens=0, train_seconds=0.0, eval_seconds=0.0,
+                             best_val_loss_se=0.05, best_iteration=t.iters,
+                             base_val_loss=BASE_LOSS)
+        tracker.log_metrics({"best_val_loss": final, "best_val_loss_se": 0.05}, t.iters)
+    except TrialStopped as stop:
+        tracker.set_tag("sweep.state", stop.state)
+        tracker.end("KILLED")
+        raise
+    except KeyboardInterrupt:
+        tracker.end("KILLED")
+        raise
+    except BaseException as error:
+        tracker.set_tag("sweep.fail_reason", f"{type(error).__name__}: {error}"[:5000])
+        tracker.end("FAILED")
+        raise
+    tracker.end("FINISHED")
+    return TrialResult(final, result.best_step, Path(output_dir) / "adapter", "", tracker.run_id,
+                       trainable, result, time.perf_counter() - started)
