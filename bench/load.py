@@ -25,6 +25,7 @@ import argparse
 import os
 import platform
 import resource
+import signal
 import socket
 import statistics
 import subprocess
@@ -252,6 +253,7 @@ def main() -> None:
     parser.add_argument("--proxy-threads", type=int, default=16)
     parser.add_argument("--timeout", type=float, default=1800)
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the servers' cleanup runs
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
           f"{platform.processor() or platform.platform()}; {time.strftime('%Y-%m-%d %H:%M %Z')}")
     rows = []

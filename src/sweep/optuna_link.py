@@ -92,9 +92,12 @@ class OptunaTrialLink:
             attrs = self.storage.get_study_user_attrs(
                 self.storage.get_study_id_from_name(link.study_name))
         else:
-            probe = open_url(link.storage)
-            attrs = probe.get_study_user_attrs(probe.get_study_id_from_name(link.study_name))
-            self.storage = open_url(link.storage,
+            probe = open_url(link.storage, skip_table_creation=True)  # the sweeper made them
+            try:
+                attrs = probe.get_study_user_attrs(probe.get_study_id_from_name(link.study_name))
+            finally:  # its connections now, not at garbage collection (64 workers: 500+)
+                probe.engine.dispose()
+            self.storage = open_url(link.storage, skip_table_creation=True,
                                     heartbeat_interval=int(attrs.get(HEARTBEAT_ATTR, 30)))
         self.interval = float(attrs.get(HEARTBEAT_ATTR, 30))
         self._heartbeat_storage = has_heartbeat(self.storage)
@@ -169,6 +172,16 @@ class OptunaTrialLink:
 
         self.trial.set_user_attr("fail_reason", reason[:1000])
         self._tell(state=optuna.trial.TrialState.FAIL)
+
+
+    def close(self) -> None:
+        """Stop beating and give the storage's connections back (after the tell)."""
+        self._stop.set()
+        self._beat.join(timeout=10)
+        if hasattr(self.storage, "engine"):
+            self.storage.engine.dispose()
+        elif hasattr(self.storage, "close"):
+            self.storage.close()
 
 
 def open_link(link: TrialLink) -> Optional[OptunaTrialLink]:

@@ -5,7 +5,8 @@ A job of a sweep with it still composes its config through Hydra, is an Optuna t
 heartbeat, ``trial.report`` and ``should_prune`` at each evaluation point, its tell), and
 records an MLflow run as a trial does: the nested child run with the flattened config as
 params, ``val_loss``/``val_ppl`` at the evaluation points, the ``config/`` artifacts,
-``best_val_loss`` and the end state. Nothing is loaded or trained, and no adapter is
+``best_val_loss`` and the end state; ``SWEEP_FAULT=train_step...`` fires at each
+evaluation point. Nothing is loaded or trained, and no adapter is
 written, so a sweep's last steps must be off: ``eval.after_sweep=false
 registry.after_sweep=false`` (the load benchmark, ``bench/load.py``, sets them).
 
@@ -46,6 +47,7 @@ def run(cfg: Any, typed: Any, output_dir: Path, *, overrides: Sequence[str],
         tags: Optional[Dict[str, str]], on_start: Optional[Callable[[Optional[str], str], None]]):
     """What :func:`sweep.trial.run_trial` returns, without data, model or training."""
     from sweep.config import flatten
+    from sweep.faults import point as fault
     from sweep.tracking.mlflow_tracker import MlflowTracker, NullTracker, check_tracking
     from sweep.training.events import EvalReport, Listeners, TrainResult, TrialStopped
     from sweep.trial import TrialResult, _write_config
@@ -71,6 +73,7 @@ def run(cfg: Any, typed: Any, output_dir: Path, *, overrides: Sequence[str],
         tracker.log_artifacts(_write_config(cfg, overrides, Path(output_dir) / "config"),
                               "config")
         for point in points:
+            fault("train_step")  # the fault points a training trial passes (sweep.faults)
             left = 1.0 - point / t.iters
             value = final + (BASE_LOSS - final) * left * left
             listener.on_eval_report(EvalReport(

@@ -51,17 +51,24 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: list) -> float:
                            label=label, on_start=link.started)
     except TrialPruned as pruned:
         link.prune()
+        link.close()
         log.info("%s %s", label, pruned)
         return float("nan")
     except BaseException as error:
-        link.fail(f"{type(error).__name__}: {error}")
+        try:
+            link.fail(f"{type(error).__name__}: {error}")
+        finally:
+            link.close()
         raise
     finally:
         os.environ.pop(CURRENT_TRIAL_ENV, None)
-    values = objective_values(list(link_cfg.objectives), result)
-    link.trial.set_user_attr("val_loss_se", result.best_val_loss_se)
-    link.complete(values)
-    return values[0]
+    try:
+        values = objective_values(list(link_cfg.objectives), result)
+        link.trial.set_user_attr("val_loss_se", result.best_val_loss_se)
+        link.complete(values)
+        return values[0]
+    finally:
+        link.close()
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
