@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from servers import free_port, mlflow_server, pg_bindir, postgres_cluster  # noqa: E402
 
 BIN = Path(sys.executable).parent
+PROXIES: List[subprocess.Popen] = []  # stopped at the end, whatever happens
 
 
 def split(n: int, parts: int) -> List[int]:
@@ -114,13 +115,30 @@ def wait_port(port: int, process: subprocess.Popen, log: Path, timeout: float = 
     raise RuntimeError(f"sweep-proxy did not listen in {timeout:.0f} s")
 
 
-def proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of a running process, from /proc."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return float("nan")
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and all its descendants, exited ones included (a reaped
+    child's time is in its parent's cutime/cstime)."""
+    children: Dict[int, List[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            f = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(x) for x in f[11:15]) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            continue
+        todo.extend(children.get(current, []))
+    return total
+
+
+def postmaster_pid(pg) -> int:
+    return int((pg.folder / "data" / "postmaster.pid").read_text().split()[0])
 
 
 def run_case(pg, server, mode: str, n: int, args, root: Path) -> Dict[str, Any]:
@@ -149,6 +167,7 @@ def run_case(pg, server, mode: str, n: int, args, root: Path) -> Dict[str, Any]:
                 [str(BIN / "sweep-proxy"), f"hydra.sweeper.storage={url}", f"proxy.port={port}",
                  f"proxy.threads={args.proxy_threads}"], env={**os.environ, **pg.env},
                 stdout=out, stderr=subprocess.STDOUT)
+        PROXIES.append(proxy)
         wait_port(port, proxy, log)
         storage = f"grpc://127.0.0.1:{port}"
     n_trials = n * args.trials_per_worker
@@ -157,6 +176,7 @@ def run_case(pg, server, mode: str, n: int, args, root: Path) -> Dict[str, Any]:
     watch.start()
     commands = []
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    servers_before = (tree_cpu(postmaster_pid(pg)), tree_cpu(server.process.pid))
     started = time.time()
     for i, workers in enumerate(split(n, args.machines)):
         command = [str(BIN / "sweep"), "-m", "model=tiny", f"hydra.sweeper.storage={storage}",
@@ -168,19 +188,27 @@ def run_case(pg, server, mode: str, n: int, args, root: Path) -> Dict[str, Any]:
         commands.append((subprocess.Popen(command, env=env, stdout=out,
                                           stderr=subprocess.STDOUT, cwd=folder), out))
     codes = []
-    for process, out in commands:
-        try:
-            codes.append(process.wait(timeout=args.timeout))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            codes.append(process.wait())
-        out.close()
+    try:
+        deadline = time.monotonic() + args.timeout
+        for process, out in commands:
+            try:
+                codes.append(process.wait(timeout=max(1.0, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                codes.append(process.wait())
+    finally:  # stopped (SIGTERM, Ctrl-C): no worker left behind
+        for process, out in commands:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            out.close()
     wall = time.time() - started
+    servers_after = (tree_cpu(postmaster_pid(pg)), tree_cpu(server.process.pid))
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     peaks = watch.finish()
     proxy_cpu = float("nan")
     if proxy is not None:
-        proxy_cpu = proc_cpu(proxy.pid)
+        proxy_cpu = tree_cpu(proxy.pid)
         proxy.terminate()
         proxy.wait(timeout=30)
 
@@ -226,6 +254,8 @@ def run_case(pg, server, mode: str, n: int, args, root: Path) -> Dict[str, Any]:
         "db connections (peak)": peaks.get(database, 0),
         "mlflow db connections (peak)": peaks.get("mlflow", 0),
         "worker CPU s": cpu, "proxy CPU s": proxy_cpu,
+        "PostgreSQL CPU s": servers_after[0] - servers_before[0],
+        "MLflow server CPU s": servers_after[1] - servers_before[1],
         "memory used GB (peak)": watch.available - watch.least_available,
     }
 
@@ -262,12 +292,17 @@ def main() -> None:
         with postgres_cluster(root, databases=("mlflow", "mlflow_auth")) as pg, \
                 mlflow_server(root, pg) as server:
             os.environ.update(pg.env)  # this process reads pg_stat_activity and the studies
-            for n in [int(w) for w in args.workers.split(",")]:
-                for mode in args.modes.split(","):
-                    print(f"... {mode}, {n} workers", flush=True)
-                    rows.append(run_case(pg, server, mode, n, args, root))
-                    show(rows[-1:])
-                    print(flush=True)
+            try:
+                for n in [int(w) for w in args.workers.split(",")]:
+                    for mode in args.modes.split(","):
+                        print(f"... {mode}, {n} workers", flush=True)
+                        rows.append(run_case(pg, server, mode, n, args, root))
+                        show(rows[-1:])
+                        print(flush=True)
+            finally:
+                for proxy in PROXIES:
+                    if proxy.poll() is None:
+                        proxy.kill()
     print("all cases:")
     show(rows)
 

@@ -143,7 +143,10 @@ def mlflow_server(tmp: Path, pg: Postgres, database: str = "mlflow", auth_databa
     ini = folder / "basic_auth.ini"
     ini.write_text("[mlflow]\ndefault_permission = READ\n"
                    f"database_uri = {pg.url(auth_database)}\nadmin_username = admin\n"
-                   "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+                   "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                   # a password is hashed (PBKDF2) once a minute per worker, not per request:
+                   # 0.9 CPU-s a request without it (bench/load.py found it)
+                   "auth_cache_ttl_seconds = 60\n")
     env = {**os.environ, **pg.env, "MLFLOW_AUTH_CONFIG_PATH": str(ini),
            "MLFLOW_AUTH_ADMIN_PASSWORD": password,
            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_urlsafe(24)}  # CSRF, basic-auth

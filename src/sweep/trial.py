@@ -140,12 +140,6 @@ def run_trial(
     started = time.perf_counter()
     typed = to_typed(cfg)
     output_dir = Path(output_dir)
-    from sweep import zero_cost
-
-    if zero_cost.enabled():  # load tests only (SWEEP_ZERO_COST=1): no data, model, training
-        return zero_cost.run(cfg, typed, output_dir, overrides=overrides, listeners=listeners,
-                             parent_run_id=parent_run_id, run_name=run_name, tags=tags,
-                             on_start=on_start)
     log.info(blas_choice().describe())
 
     from sweep.data.batches import tokenize

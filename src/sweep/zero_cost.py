@@ -42,17 +42,20 @@ def objective(lr: float, rank: int, alpha: float, grad_accumulation: int) -> flo
             + 0.01 * (grad_accumulation - 2) ** 2)
 
 
-def run(cfg: Any, typed: Any, output_dir: Path, *, overrides: Sequence[str],
-        listeners: Iterable[Any], parent_run_id: Optional[str], run_name: Optional[str],
-        tags: Optional[Dict[str, str]], on_start: Optional[Callable[[Optional[str], str], None]]):
-    """What :func:`sweep.trial.run_trial` returns, without data, model or training."""
-    from sweep.config import flatten
+def run(cfg: Any, output_dir: Path, *, overrides: Sequence[str] = (),
+        listeners: Iterable[Any] = (), parent_run_id: Optional[str] = None,
+        run_name: Optional[str] = None, tags: Optional[Dict[str, str]] = None, label: str = "",
+        on_start: Optional[Callable[[Optional[str], str], None]] = None):
+    """:func:`sweep.trial.run_trial`'s stand-in (same arguments, same result), without
+    data, model or training."""
+    from sweep.config import flatten, to_typed
     from sweep.faults import point as fault
     from sweep.tracking.mlflow_tracker import MlflowTracker, NullTracker, check_tracking
     from sweep.training.events import EvalReport, Listeners, TrainResult, TrialStopped
     from sweep.trial import TrialResult, _write_config
 
     started = time.perf_counter()
+    typed = to_typed(cfg)
     if typed.mlflow.enabled:
         check_tracking(typed.mlflow)
     tracker = MlflowTracker(typed.mlflow, run_name=run_name, parent_run_id=parent_run_id) \

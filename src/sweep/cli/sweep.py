@@ -34,8 +34,12 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: list) -> float:
     # A launcher may run the job in a process of its own that never went through
     # sweep.cli.main (joblib's loky workers, submitit's SLURM jobs); a no-op otherwise.
     runtime.setup()
+    from sweep import zero_cost
     from sweep.optuna_link import TrialPruned, objective_values, open_link
     from sweep.trial import run_trial
+
+    if zero_cost.enabled():  # load tests only (SWEEP_ZERO_COST=1): no data, model, training
+        run_trial = zero_cost.run  # noqa: F811
 
     link_cfg = OmegaConf.to_object(cfg.trial)  # run_trial validates the whole config
     link = open_link(link_cfg)
