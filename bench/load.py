@@ -186,7 +186,8 @@ def run_case(pg, server, mode: str, n: int, args, root: Path) -> Dict[str, Any]:
                    "registry.after_sweep=false", f"hydra.sweep.dir={folder}/machine-{i}"]
         out = (folder / f"machine-{i}.log").open("w")
         commands.append((subprocess.Popen(command, env=env, stdout=out,
-                                          stderr=subprocess.STDOUT, cwd=folder), out))
+                                          stderr=subprocess.STDOUT, cwd=folder,
+                                          start_new_session=True), out))
     codes = []
     try:
         deadline = time.monotonic() + args.timeout
@@ -194,13 +195,15 @@ def run_case(pg, server, mode: str, n: int, args, root: Path) -> Dict[str, Any]:
             try:
                 codes.append(process.wait(timeout=max(1.0, deadline - time.monotonic())))
             except subprocess.TimeoutExpired:
-                process.kill()
+                os.killpg(process.pid, signal.SIGKILL)
                 codes.append(process.wait())
     finally:  # stopped (SIGTERM, Ctrl-C): no worker left behind
         for process, out in commands:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+            try:  # the command and the worker processes it started
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait()
             out.close()
     wall = time.time() - started
     servers_after = (tree_cpu(postmaster_pid(pg)), tree_cpu(server.process.pid))

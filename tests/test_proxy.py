@@ -163,3 +163,8 @@ def test_bad_proxy_storages_are_one_line_and_exit_2(tmp_path: Path) -> None:
                               capture_output=True, text=True, timeout=60, cwd=tmp_path)
     _one_line_exit_2(bad_port, "proxy.port")
     assert not (tmp_path / "o.db").exists()
+    secret = subprocess.run([str(BIN / "sweep-proxy"),
+                             "hydra.sweeper.storage=postgresql+psycopg://sweep:hunter22@db/optuna"],
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    _one_line_exit_2(secret, "PGPASSWORD")
+    assert "hunter22" not in secret.stdout + secret.stderr

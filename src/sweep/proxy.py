@@ -45,6 +45,9 @@ def serve(storage_url: str, host: str, port: int, threads: int) -> None:
     from sweep.paths import ensure_sqlite_folder, mask_password
     from sweep.storages import is_grpc  # (and its warning filter)
 
+    from sweep.secrets import refuse_in_values
+
+    refuse_in_values([("hydra.sweeper.storage", storage_url)])  # e.g. from a YAML file
     shown = mask_password(storage_url)
     if is_grpc(storage_url):
         raise SweepError(f"hydra.sweeper.storage={shown}: sweep-proxy serves a database "

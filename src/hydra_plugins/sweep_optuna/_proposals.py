@@ -39,6 +39,7 @@ TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.
 MAX_DRAWS = 20  # draws of one trial before taking a free point of a discrete space at random
 MAX_POINTS = 100_000  # larger discrete spaces are not listed
 EARLIER_TRIALS_WAIT = 30.0  # seconds a trial waits for the params of the trials before it
+WAIT_FIRST, WAIT_MOST = 0.05, 0.5  # seconds between its looks: the first, the longest
 # user attr of a trial that was asked but never launched (n_trials already taken by others,
 # the last configurations taken): FAIL in Optuna, left out of counts, rates and reports
 NOT_RUN_ATTR = "not_run"
@@ -318,6 +319,7 @@ class Proposer:
         """Until every earlier trial has all its params: trial n is drawn after trials
         0..n-1, so it can avoid them all, whichever process proposes them."""
         host, deadline = socket.gethostname(), time.monotonic() + EARLIER_TRIALS_WAIT
+        pause = WAIT_FIRST
         while True:
             pending = [t.number for t in study.get_trials(deepcopy=False,
                                                          states=(TrialState.RUNNING,))
@@ -329,7 +331,9 @@ class Proposer:
                 log.warning("trial %d: trials %s still have no params after %.0f s; drawing "
                             "without them", number, pending, EARLIER_TRIALS_WAIT)
                 return
-            time.sleep(0.05)
+            time.sleep(pause)  # backing off: each look reads the study's running trials,
+            pause = min(pause * 1.5, WAIT_MOST)  # and 32 workers looking every 50 ms
+            # kept the gRPC proxy busy (101 CPU-s for 96 trials, bench/load.py)
 
     def _taken(self, study: optuna.Study, number: int) -> Set[Tuple]:
         return {config_key(_params(t)) for t in study.get_trials(deepcopy=False, states=TAKEN)
