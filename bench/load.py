@@ -239,6 +239,10 @@ def run_case(pg, server, mode: str, n: int, args, root: Path) -> Dict[str, Any]:
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     open_runs = [r for r in runs if r.info.status == "RUNNING"]
+    for t in failed[:5]:
+        print(f"  trial {t.number} FAIL: {t.user_attrs.get('fail_reason', '?')[:300]}")
+    for r in open_runs[:5]:
+        print(f"  MLflow run {r.info.run_name} ({r.info.run_id}) left RUNNING")
     cpu = (after.ru_utime - usage.ru_utime) + (after.ru_stime - usage.ru_stime)
     return {
         "mode": mode, "workers": n, "commands": len(commands), "exit codes": sorted(set(codes)),

@@ -191,15 +191,15 @@ def run_trial(
         **cut,
     })
     tracker.start(params, {"sweep.output_dir": str(output_dir.resolve()), **(tags or {})})
-    if on_start is not None:
-        on_start(tracker.run_id, str(output_dir.resolve()))
     adapter_dir = output_dir / "adapter"
 
     def save(name: str) -> Path:
         folder = adapter_dir if name == "best" else output_dir / "checkpoints" / name
         return save_adapter(model, adapter_cfg, folder)
 
-    try:
+    try:  # from here on, whatever happens ends the run (FAILED, KILLED or FINISHED)
+        if on_start is not None:  # the Optuna trial may have been failed meanwhile
+            on_start(tracker.run_id, str(output_dir.resolve()))
         _require_answer_tokens(cut, typed.train.max_seq_length)
         tracker.log_artifacts(_write_config(cfg, overrides, output_dir / "config"), "config")
         result = train(model, optimizer, train_set, val_set, settings,

@@ -67,12 +67,12 @@ def run(cfg: Any, output_dir: Path, *, overrides: Sequence[str] = (),
     tracker.start({**flatten(typed), "lora.scale": typed.lora.scale,
                    "trainable_parameters": trainable, "zero_cost": True},
                   {"sweep.output_dir": str(Path(output_dir).resolve()), **(tags or {})})
-    if on_start is not None:
-        on_start(tracker.run_id, str(Path(output_dir).resolve()))
     every = t.eval_every_iters or max(1, t.iters // 3)
     points = list(range(every, t.iters, every)) + [t.iters]
     listener = Listeners([tracker, *listeners])
     try:
+        if on_start is not None:
+            on_start(tracker.run_id, str(Path(output_dir).resolve()))
         tracker.log_artifacts(_write_config(cfg, overrides, Path(output_dir) / "config"),
                               "config")
         for point in points:
