@@ -43,6 +43,10 @@ def _wait_for_training(process: subprocess.Popen, uri: str, db: Path) -> None:
     raise AssertionError("the trial never started training")
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig,status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_stopped_trial_is_killed_not_left_running(tmp_path: Path, qa_file: Path, sig,
                                                     status) -> None:
@@ -50,8 +54,11 @@ def test_a_stopped_trial_is_killed_not_left_running(tmp_path: Path, qa_file: Pat
     cmd = [sys.executable, "-m", "sweep",
            *tiny_overrides(tmp_path, qa_file, "train.iters=4000"),
            f"hydra.run.dir={tmp_path}/run"]
+    # Ctrl-C's default action, as in a terminal, even when this suite runs in the background:
+    # a shell without job control starts background commands with SIGINT ignored, and a
+    # Python started so never installs its KeyboardInterrupt handler (a CI run saw a timeout)
     process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+                               text=True, preexec_fn=_default_sigint)
     try:
         _wait_for_training(process, uri, tmp_path / "mlflow" / "m.db")
         process.send_signal(sig)
