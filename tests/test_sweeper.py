@@ -38,9 +38,14 @@ def command(tmp: Path, *extra: str, n: int = 4, study: str = "s") -> List[str]:
             f"mlflow.tracking_uri=sqlite:///{tmp}/m.db", f"hydra.sweep.dir={tmp}/sweep", *extra]
 
 
-def run(cmd: List[str]) -> subprocess.CompletedProcess:
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    return out
+def run(cmd: List[str], zero_cost: bool = False) -> subprocess.CompletedProcess:
+    """``zero_cost``: the jobs skip training (``SWEEP_ZERO_COST=1``, sweep.zero_cost) and
+    the sweep its winner's evaluation and registration, for tests of the sweeper alone."""
+    env = dict(os.environ)
+    if zero_cost:
+        env["SWEEP_ZERO_COST"] = "1"
+        cmd = [*cmd, "eval.after_sweep=false", "registry.after_sweep=false"]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
 
 
 def study(tmp: Path, name: str = "s") -> optuna.Study:
@@ -115,9 +120,16 @@ def test_pruning_stops_bad_learning_rates_early(tmp_path: Path) -> None:
 def test_the_jobs_prune_with_the_configured_pruner(tmp_path: Path) -> None:
     out = run(command(tmp_path, "train.iters=16", "hydra.sweeper.sampler=random",
                       "hydra.sweeper.seed=3", "hydra.sweeper.params={optimizer.lr: 'choice(3e-2, 1e-7)'}",
-                      "+hydra.sweeper.pruner_kwargs.n_startup_trials=100", n=5))
+                      "+hydra.sweeper.pruner_kwargs.n_startup_trials=100", n=5), zero_cost=True)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert not study(tmp_path).get_trials(states=(TrialState.PRUNED,))
+    s = study(tmp_path)
+    assert len(finished(s)) == 5 and not s.get_trials(states=(TrialState.PRUNED,))
+    # the same sweep with the default pruner prunes (so the kwargs above were what stopped it)
+    default = run(command(tmp_path, "train.iters=16", "hydra.sweeper.sampler=random",
+                          "hydra.sweeper.seed=3", "hydra.sweeper.params={optimizer.lr: "
+                          "'choice(3e-2, 1e-7)'}", n=5, study="default"), zero_cost=True)
+    assert default.returncode == 0, default.stderr[-3000:]
+    assert study(tmp_path, "default").get_trials(states=(TrialState.PRUNED,))
 
 
 def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
@@ -163,9 +175,11 @@ def test_the_same_command_goes_on_after_the_mistake_is_fixed(tmp_path: Path) -> 
 
 
 def test_a_changed_choice_list_is_one_line(tmp_path: Path) -> None:
-    first = run(command(tmp_path, "hydra.sweeper.params={lora.rank: 'choice(4, 8)'}", n=1))
+    first = run(command(tmp_path, "hydra.sweeper.params={lora.rank: 'choice(4, 8)'}", n=1),
+                zero_cost=True)
     assert first.returncode == 0, first.stderr[-3000:]
-    out = run(command(tmp_path, "hydra.sweeper.params={lora.rank: 'choice(4, 16)'}", n=2))
+    out = run(command(tmp_path, "hydra.sweeper.params={lora.rank: 'choice(4, 16)'}", n=2),
+              zero_cost=True)
     said = out.stdout + out.stderr
     assert out.returncode == 2 and "Traceback" not in said
     assert "lora.rank is" in said and "name a new hydra.sweeper.study_name" in said
