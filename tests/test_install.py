@@ -86,7 +86,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     built = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
                  "--no-index", "-w", str(tmp / "dist"), str(source)], cwd=tmp)
     assert built.returncode == 0, built.stdout + built.stderr
-    (path,) = (tmp / "dist").glob("sweep-*.whl")
+    (path,) = (tmp / "dist").glob("lora_sweep-*.whl")
     return path
 
 
