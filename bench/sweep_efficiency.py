@@ -46,7 +46,7 @@ def record_curves(compose, model: str, iters: int, every: int, tmp: Path,
                   grid: Dict[str, List] = GRID, extra: Sequence[str] = ()) -> Curves:
     """Train every configuration of ``grid`` as a sweep's job would (default
     ``train.val_batches``); return what each reported."""
-    from sweep.pruning import example_record
+    from sweep.stats import example_record
     from sweep.training.events import Listener
     from sweep.trial import run_trial
 

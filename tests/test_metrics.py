@@ -15,7 +15,7 @@ import sacrebleu
 
 from sweep.evaluation.metrics import (
     METRICS, Citation, aggregate, citation_counts, corpus_bleu, exact_match, extract_citations,
-    normalize_answer, paired_difference, rouge_l, score_item, sentence_bleu, token_f1,
+    normalize_answer, paired_metric_difference, rouge_l, score_item, sentence_bleu, token_f1,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -226,19 +226,19 @@ def test_bootstrap_se_of_a_ratio_matches_the_binomial_se() -> None:
     assert out["citation_precision_se"] == pytest.approx(math.sqrt(2 / 9 / 300), rel=0.1)
 
 
-def test_paired_difference_of_a_mean() -> None:
+def test_paired_metric_difference_of_a_mean() -> None:
     base = [{"f1": 0.0}, {"f1": 0.5}, {"f1": 1.0}]
     adapter = [{"f1": 1.0}, {"f1": 0.5}, {"f1": 1.0}]
     # differences 1, 0, 0: mean 1/3, se 1/3 (as for EM above)
-    assert paired_difference(base, adapter, "f1") == pytest.approx((1 / 3, 1 / 3))
+    assert paired_metric_difference(base, adapter, "f1") == pytest.approx((1 / 3, 1 / 3))
 
 
 def test_paired_bootstrap_resamples_both_systems_together() -> None:
     base = _cited([1, 0, 1, 0, 1, 1, 0, 1])
-    diff, se = paired_difference(base, base, "citation_recall")
+    diff, se = paired_metric_difference(base, base, "citation_recall")
     assert (diff, se) == (0.0, 0.0)  # an unpaired bootstrap would give se > 0
     adapter = _cited([1, 1, 1, 0, 1, 1, 1, 1])
-    diff, se = paired_difference(base, adapter, "citation_precision", n_boot=500, seed=1)
+    diff, se = paired_metric_difference(base, adapter, "citation_precision", n_boot=500, seed=1)
     assert diff == pytest.approx(7 / 8 - 5 / 8) and 0 < se < 0.25
 
 
@@ -247,15 +247,15 @@ def test_paired_bleu_needs_the_strings() -> None:
     adapter = ["the cat sat on the mat"]
     refs = ["the cat sat on the mat"]
     items = [{}]
-    diff, _ = paired_difference(items, items, "bleu", base_predictions=base,
+    diff, _ = paired_metric_difference(items, items, "bleu", base_predictions=base,
                                 adapter_predictions=adapter, references=refs)
     assert diff == pytest.approx(100 - 100 * math.exp(-0.5))
     with pytest.raises(ValueError, match="strings"):
-        paired_difference(items, items, "bleu")
+        paired_metric_difference(items, items, "bleu")
     with pytest.raises(ValueError, match="allowed: rougeL, bleu"):
-        paired_difference(items, items, "rouge")
+        paired_metric_difference(items, items, "rouge")
     with pytest.raises(ValueError, match="equally long"):
-        paired_difference(items, items * 2, "f1")
+        paired_metric_difference(items, items * 2, "f1")
     with pytest.raises(ValueError, match="non-empty"):
         aggregate([], [], [])
 

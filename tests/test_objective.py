@@ -21,7 +21,8 @@ from conftest import ROOT
 from sweep.config.schema import LoraConfig, OptimizerConfig
 from sweep.data.batches import tokenize, truncation
 from sweep.models.loader import load_base
-from sweep.pruning import PairedMedianPruner, example_record, examples_attr, paired_difference
+from sweep.pruning import PairedMedianPruner, examples_attr
+from sweep.stats import example_record, paired_loss_difference
 from sweep.stats import token_weighted
 from sweep.training.lora import apply_lora, save_adapter
 from sweep.training.loop import train
@@ -40,15 +41,15 @@ def test_token_weighted_mean_and_standard_error() -> None:
     assert math.isnan(token_weighted([1.0], [3])[1])
 
 
-def test_paired_difference_cancels_the_examples_difficulty() -> None:
+def test_paired_loss_difference_cancels_the_examples_difficulty() -> None:
     a = example_record([0, 1, 2, 3], [1.1, 3.1, 5.2, 2.0], [2, 2, 2, 2])
     b = example_record([0, 1, 2, 3], [1.0, 3.0, 5.0, 2.0], [2, 2, 2, 2])
-    difference, se = paired_difference(a, b)
+    difference, se = paired_loss_difference(a, b)
     assert difference == pytest.approx(0.1)  # (0.1 + 0.1 + 0.2 + 0) / 4
     # equal token counts: the delta-method se is the plain one, sd(d) / sqrt(m)
     assert se == pytest.approx(np.std([0.1, 0.1, 0.2, 0.0], ddof=1) / 2)
     other_split = example_record([0, 1, 2, 3], [1.0, 3.0, 5.0, 2.0], [2, 3, 2, 2])
-    assert paired_difference(a, other_split) is None  # not the same examples
+    assert paired_loss_difference(a, other_split) is None  # not the same examples
     unpaired = token_weighted(a["l"], a["n"])[1]
     assert se < unpaired / 10
 

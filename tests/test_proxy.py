@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator
 
 import optuna
 import pytest

@@ -8,17 +8,20 @@ FAIL) itself, so any Hydra launcher works, in this process or another.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
+import time
 import warnings
 from typing import Any, Dict, List, Optional, Sequence
 
 from sweep.config.schema import TrialLink
-from sweep.training.events import EvalReport, Listener, TrialStopped
+from sweep.errors import TrialFailed, first_line
+from sweep.training.events import EvalReport, Listener, TrainReport, TrialStopped
 
 __all__ = ["TrialPruned", "OptunaTrialLink", "open_link", "objective_values", "build_pruner",
-           "PRUNER_ATTR", "HEARTBEAT_ATTR"]
+           "PRUNER_ATTR", "HEARTBEAT_ATTR", "GRACE_ATTR", "HeartbeatLost"]
 
 # Heartbeats are used with ask/tell on purpose (the job beats from its own thread).
 warnings.filterwarnings("ignore", message=".*heartbeat_interval.*experimental")
@@ -26,6 +29,10 @@ warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to b
 
 PRUNER_ATTR = "pruner"  # study user attr: {"name": ..., "kwargs": {...}}
 HEARTBEAT_ATTR = "heartbeat_interval"  # study user attr: seconds (hydra.sweeper.heartbeat_interval)
+GRACE_ATTR = "grace_period"  # study user attr: seconds (hydra.sweeper.grace_period)
+DEFAULT_GRACE = 120
+
+log = logging.getLogger(__name__)
 
 
 def build_pruner(name: str, kwargs: Dict[str, Any]):
@@ -73,11 +80,22 @@ def objective_values(names: Sequence[str], result: Any) -> List[float]:
     return [table[n] for n in names]
 
 
+class HeartbeatLost(TrialFailed):
+    """The job could not beat for longer than the grace period: other workers may have
+    failed its trial already, so it stops rather than train on unseen."""
+
+
 class _Pruning(Listener):
     def __init__(self, link: "OptunaTrialLink"):
         self.link = link
 
+    def on_train_report(self, report: TrainReport) -> None:
+        if self.link.lost is not None:
+            raise self.link.lost
+
     def on_eval_report(self, report: EvalReport) -> None:
+        if self.link.lost is not None:
+            raise self.link.lost
         self.link.report(report)
 
 
@@ -111,6 +129,9 @@ class OptunaTrialLink:
         self.multi_objective = len(self.study.directions) > 1
         self.trial.set_user_attr("host", socket.gethostname())
         self.trial.set_user_attr("pid", os.getpid())
+        self.grace_period = int(attrs.get(GRACE_ATTR, DEFAULT_GRACE))
+        self.lost: Optional[HeartbeatLost] = None  # set when beats fail past grace_period
+        self._missed_since: Optional[float] = None
         self._stop = threading.Event()
         self._beat = threading.Thread(target=self._heartbeat, daemon=True)
         self._beat.start()
@@ -118,8 +139,6 @@ class OptunaTrialLink:
     def _heartbeat(self) -> None:
         """A beat at once, then every interval: Optuna fails only trials that have beaten
         (a job killed before its first beat would stay RUNNING on another machine)."""
-        import time
-
         from sweep.storages import BEAT_ATTR
 
         while True:
@@ -128,8 +147,26 @@ class OptunaTrialLink:
                     self.storage.record_heartbeat(self.trial_id)
                 else:  # gRPC proxy: the time of the beat, in the trial
                     self.storage.set_trial_user_attr(self.trial_id, BEAT_ATTR, time.time())
-            except Exception:  # a missed beat is not worth killing the trial
-                pass
+                if self._missed_since is not None:
+                    log.info("trial %d: heartbeat back after %.0f s", self.number,
+                             time.monotonic() - self._missed_since)
+                    self._missed_since = None
+            except Exception as error:  # one missed beat is not worth stopping the trial
+                now = time.monotonic()
+                if self._missed_since is None:
+                    self._missed_since = now
+                    log.warning("trial %d: heartbeat missed (%s: %s); the trial goes on, "
+                                "and stops if none gets through for %d s (grace_period)",
+                                self.number, type(error).__name__, first_line(error),
+                                self.grace_period)
+                elif now - self._missed_since > self.grace_period:
+                    self.lost = HeartbeatLost(
+                        f"no heartbeat reached the study's storage for "
+                        f"{now - self._missed_since:.0f} s, past hydra.sweeper.grace_period="
+                        f"{self.grace_period} s: other workers may have failed this trial "
+                        f"and run another ({type(error).__name__}: {first_line(error)})")
+                    log.error("trial %d: %s; stopping it", self.number, self.lost)
+                    return
             if self._stop.wait(self.interval or 30):
                 return
 
@@ -139,7 +176,8 @@ class OptunaTrialLink:
 
     def report(self, report: EvalReport) -> None:
         # Step = micro-batches seen, so trials with different accumulation line up.
-        from sweep.pruning import example_record, examples_attr
+        from sweep.pruning import examples_attr
+        from sweep.stats import example_record
 
         if self.multi_objective or report.step == 0:
             return

@@ -50,25 +50,25 @@ def sqlite_file(url: str) -> Optional[Path]:
 
 def ensure_folder(folder: Path, key: str, value: str) -> None:
     """Makes ``folder``; one that cannot be made (a file in the way, no permission) is
-    a SweepError naming ``key=value``."""
-    from sweep.errors import SweepError
+    an InputError naming ``key=value``."""
+    from sweep.errors import InputError
 
     folder = Path(folder).expanduser().absolute()
     blocking = next((p for p in (folder, *folder.parents) if p.exists()), None)
     if blocking is not None and not blocking.is_dir():
-        raise SweepError(f"{key}={value}: {blocking} is a file, not a folder")
+        raise InputError(f"{key}={value}: {blocking} is a file, not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise SweepError(f"{key}={value}: cannot create {folder} "
+        raise InputError(f"{key}={value}: cannot create {folder} "
                          f"({error.strerror or type(error).__name__})") from None
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise SweepError(f"{key}={value}: {folder} is not writable")
+        raise InputError(f"{key}={value}: {folder} is not writable")
 
 
 def ensure_sqlite_folder(url: str, key: str = "the database URL") -> None:
     """SQLite creates the database file but not its folder; a folder that cannot be
-    made (a file in the way, no permission) is a SweepError naming ``key``."""
+    made (a file in the way, no permission) is an InputError naming ``key``."""
     path = sqlite_file(url)
     if path is not None:
         ensure_folder(path.parent, key, url)

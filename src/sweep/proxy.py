@@ -40,7 +40,7 @@ def serve(storage_url: str, host: str, port: int, threads: int) -> None:
     import optuna
     from optuna.storages import run_grpc_proxy_server
 
-    from sweep.errors import SweepError
+    from sweep.errors import InputError, first_line
     from sweep.locks import init_lock
     from sweep.paths import ensure_sqlite_folder, mask_password
     from sweep.storages import is_grpc  # (and its warning filter)
@@ -50,7 +50,7 @@ def serve(storage_url: str, host: str, port: int, threads: int) -> None:
     refuse_in_values([("hydra.sweeper.storage", storage_url)])  # e.g. from a YAML file
     shown = mask_password(storage_url)
     if is_grpc(storage_url):
-        raise SweepError(f"hydra.sweeper.storage={shown}: sweep-proxy serves a database "
+        raise InputError(f"hydra.sweeper.storage={shown}: sweep-proxy serves a database "
                          "(sqlite:///..., postgresql://...), not another proxy")
     ensure_sqlite_folder(storage_url, "hydra.sweeper.storage")
     try:
@@ -58,13 +58,12 @@ def serve(storage_url: str, host: str, port: int, threads: int) -> None:
             # get_storage, not RDBStorage: its cache saves the database a read per request
             storage = optuna.storages.get_storage(storage_url)
     except Exception as error:  # an unreachable server, a bad URL, a missing driver
-        first = (str(getattr(error, "orig", None) or error).strip().splitlines() or [""])[0]
-        raise SweepError(f"hydra.sweeper.storage={shown}: cannot open the study's storage "
-                         f"({type(error).__name__}: {mask_password(first)})") from None
+        raise InputError(f"hydra.sweeper.storage={shown}: cannot open the study's storage "
+                         f"({type(error).__name__}: {mask_password(first_line(error))})") from None
     try:
         import grpc  # noqa: F401
     except ImportError:
-        raise SweepError("sweep-proxy needs grpcio: pip install 'sweep[proxy]'") from None
+        raise InputError("sweep-proxy needs grpcio: pip install 'sweep[proxy]'") from None
     previous = signal.signal(signal.SIGTERM, _stop)
     log.info("serving %s on grpc://%s:%d (%d threads); workers: "
              "hydra.sweeper.storage=grpc://%s:%d", shown, host, port, threads, host, port)

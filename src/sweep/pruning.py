@@ -14,45 +14,24 @@ the instances of a single evaluation, not evaluations during training.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING
 
 import numpy as np
 import optuna
 from optuna.pruners import BasePruner
 from optuna.trial import TrialState
 
-from sweep.stats import token_weighted
+from sweep.stats import paired_loss_difference, token_weighted
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
-__all__ = ["PairedMedianPruner", "examples_attr", "example_record", "paired_difference"]
+__all__ = ["PairedMedianPruner", "examples_attr"]
 
 
 def examples_attr(step: int) -> str:
     """The trial user attribute holding each example's loss at ``step``."""
     return f"val@{step}"
-
-
-def example_record(indexes: Sequence[int], losses: Sequence[float],
-                   counts: Sequence[int]) -> Dict[str, Any]:
-    return {"i": [int(i) for i in indexes], "l": [round(float(v), 5) for v in losses],
-            "n": [int(n) for n in counts]}
-
-
-def paired_difference(a: Dict[str, Any], b: Dict[str, Any]) -> Optional[Tuple[float, float]]:
-    """(loss of ``a`` - loss of ``b``, its standard error) over the examples both scored,
-    token-weighted (the delta method, as :func:`sweep.stats.token_weighted`); None when
-    they share fewer than 2 examples, or when the same index has different token counts
-    (another split, tokenizer or ``max_seq_length``: not the same examples)."""
-    common, ia, ib = np.intersect1d(a["i"], b["i"], return_indices=True)
-    if len(common) < 2:
-        return None
-    na, nb = np.asarray(a["n"], float)[ia], np.asarray(b["n"], float)[ib]
-    if not np.array_equal(na, nb):
-        return None
-    la, lb = np.asarray(a["l"], float)[ia], np.asarray(b["l"], float)[ib]
-    return token_weighted(la - lb, na)
 
 
 class PairedMedianPruner(BasePruner):
@@ -90,7 +69,7 @@ class PairedMedianPruner(BasePruner):
         theirs = median.user_attrs.get(examples_attr(step))
         margin = 0.0
         if mine is not None and theirs is not None and self.paired:
-            compared = paired_difference(mine, theirs)
+            compared = paired_loss_difference(mine, theirs)
             if compared is not None:
                 difference, se = compared
                 return difference > self.z * se

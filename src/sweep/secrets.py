@@ -25,7 +25,7 @@ import re
 import sys
 from typing import Any, Iterable, Mapping, Optional, Tuple
 
-from sweep.errors import SweepError
+from sweep.errors import InputError
 
 __all__ = ["SecretInConfig", "password_in", "refuse_in_values", "refuse_in_argv"]
 
@@ -33,7 +33,7 @@ __all__ = ["SecretInConfig", "password_in", "refuse_in_values", "refuse_in_argv"
 _URL_PASSWORD = re.compile(r"\b([a-z][a-z0-9+.\-]*)://[^/\s:@]*:([^/\s@]+)@", re.IGNORECASE)
 
 
-class SecretInConfig(SweepError):
+class SecretInConfig(InputError):
     """A config value holds a password; the message names the key, never the password."""
 
 

@@ -16,7 +16,7 @@ from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from sweep.errors import SweepError
+from sweep.errors import InputError
 
 __all__ = ["Target", "TargetError", "resolve_target", "ADAPTER_FILE"]
 
@@ -24,7 +24,7 @@ ADAPTER_FILE = "adapters.safetensors"
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-class TargetError(SweepError):
+class TargetError(InputError):
     """``target=`` names nothing usable; the message says what was looked for."""
 
 
@@ -65,7 +65,6 @@ def _run_of_output_dir(client, output_dir: Path) -> Optional[str]:
 
 def _from_sweep(folder: Path, spec: str, client) -> Target:
     import optuna
-    from optuna.trial import TrialState
 
     from sweep.paths import sqlite_file
 
@@ -86,10 +85,11 @@ def _from_sweep(folder: Path, spec: str, client) -> Target:
     except Exception as error:
         raise TargetError(f"target={spec}: cannot open its study '{name}' in {storage} "
                           f"({type(error).__name__})") from None
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not complete:
+    from sweep.study.winner import best as winner
+
+    best = winner(study)
+    if best is None:
         raise TargetError(f"target={spec}: study '{name}' has no completed trial yet")
-    best = min(complete, key=lambda t: t.values[0])
     output_dir = Path(best.user_attrs.get("output_dir", ""))
     target = _from_adapter(output_dir / "adapter", spec, None, best.user_attrs.get("mlflow_run_id"))
     target.description = (f"best trial {best.number} of study '{name}' "
@@ -124,6 +124,22 @@ def _from_run(run_id: str, spec: str, client, uri: str) -> Target:
     return target
 
 
+def _require_run(target: Target, spec: str, client, uri: Optional[str]) -> None:
+    """The run the results would be logged to must be in the given store: found now, in
+    one line, not after minutes of evaluation."""
+    if client is None or target.run_id is None:
+        return
+    try:
+        client.get_run(target.run_id)
+    except Exception:
+        from sweep.paths import mask_password
+
+        raise TargetError(
+            f"target={spec}: its best trial's MLflow run {target.run_id} is not in "
+            f"mlflow.tracking_uri={mask_password(str(uri))}; name the store the sweep "
+            "logged to, or add mlflow.enabled=false to evaluate without logging") from None
+
+
 def resolve_target(spec: Optional[str], tracking_uri: Optional[str] = None) -> Target:
     """The adapter, config and run that ``target=`` names (see the module docstring)."""
     if not spec:
@@ -137,7 +153,9 @@ def resolve_target(spec: Optional[str], tracking_uri: Optional[str] = None) -> T
     path = Path(spec).expanduser()
     if path.is_dir():
         if (path / "multirun.yaml").is_file():
-            return _from_sweep(path, spec, client)
+            target = _from_sweep(path, spec, client)
+            _require_run(target, spec, client, tracking_uri)
+            return target
         if (path / "adapter" / ADAPTER_FILE).is_file():
             return _from_adapter(path / "adapter", spec, client)
         if (path / "report" / "best_adapter").is_dir():

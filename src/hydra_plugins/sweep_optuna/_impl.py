@@ -27,12 +27,12 @@ import optuna
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobStatus
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.faults import point
 from sweep.locks import study_lock
-from sweep.optuna_link import HEARTBEAT_ATTR, PRUNER_ATTR, build_pruner
+from sweep.optuna_link import GRACE_ATTR, HEARTBEAT_ATTR, PRUNER_ATTR, build_pruner
 
 from hydra_plugins.sweep_optuna._proposals import (Proposer, QuotaReached, SpaceExhausted,
                                                    SweepAborted, build_sampler, frozen_trial,
@@ -124,6 +124,7 @@ class SweeperImpl:
         study.set_user_attr("objectives", objectives)
         study.set_user_attr(PRUNER_ATTR, pruner_spec)
         study.set_user_attr(HEARTBEAT_ATTR, int(s["heartbeat_interval"]))
+        study.set_user_attr(GRACE_ATTR, int(s["grace_period"]))
         return study
 
     def fail_dead_trials(self, study: optuna.Study) -> List[int]:

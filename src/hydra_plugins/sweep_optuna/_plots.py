@@ -31,6 +31,8 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from sweep.study.winner import best_trials
+
 from hydra_plugins.sweep_optuna._proposals import ran
 
 __all__ = ["write_plots", "history_figure", "parallel_figure", "importance_figure",
@@ -338,7 +340,7 @@ def pareto_figure(study: optuna.Study) -> Figure:
     if not complete:
         _message(ax, "No complete trial to draw")
         return fig
-    front = {t.number for t in study.best_trials}
+    front = {t.number for t in best_trials(study)}
     rest = [t for t in complete if t.number not in front]
     best = sorted((t for t in complete if t.number in front), key=lambda t: t.values)
     if rest:

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.faults import point
+from sweep.study.winner import best_trials
 
 from hydra_plugins.sweep_optuna._proposals import SweepAborted, ran
 from hydra_plugins.sweep_optuna._search_space import SearchSpace
@@ -275,7 +276,7 @@ class StudyReport:
         rows = leaderboard(self.study)
         (self.folder / "leaderboard.csv").write_text(to_csv(rows))
         (self.folder / "leaderboard.md").write_text(to_markdown(rows))
-        best = self._best_trials()
+        best = best_trials(self.study)
         self._write_best(best)
         self._plots()
         self._print(rows, best)
@@ -297,13 +298,6 @@ class StudyReport:
                 self.client.log_metric(self.run_id, f"trials_{state.lower()}", n)
             self.client.log_artifacts(self.run_id, str(self.folder), "report")
             self.client.set_terminated(self.run_id, status="FINISHED")
-
-    def _best_trials(self) -> List[FrozenTrial]:
-        if not self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            return []
-        if len(self.study.directions) > 1:
-            return sorted(self.study.best_trials, key=lambda t: t.values)
-        return [self.study.best_trial]
 
     def _write_best(self, best: List[FrozenTrial]) -> None:
         if not best:

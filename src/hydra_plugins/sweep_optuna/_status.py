@@ -24,7 +24,8 @@ from typing import Any, Dict, Optional, Sequence, TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweep.errors import SweepError
+from sweep.errors import InputError, first_line
+from sweep.study.winner import best_trials
 from sweep.optuna_link import HEARTBEAT_ATTR
 from sweep.paths import mask_password, sqlite_file
 from sweep.storages import BEAT_ATTR, has_heartbeat, is_grpc, open_url
@@ -39,13 +40,9 @@ _HEARTBEATS = ("SELECT t.number, h.heartbeat FROM trial_heartbeats h "
                "JOIN trials t ON t.trial_id = h.trial_id WHERE t.study_id = :study_id")
 
 
-class StatusError(SweepError):
+class StatusError(InputError):
     """The storage or the study cannot be read; one line naming the key."""
 
-
-def _first_line(error: BaseException) -> str:
-    lines = str(getattr(error, "orig", None) or error).strip().splitlines()
-    return lines[0] if lines else ""
 
 
 def open_readonly(url: str, key: str = "hydra.sweeper.storage") -> optuna.storages.RDBStorage:
@@ -76,7 +73,7 @@ def open_readonly(url: str, key: str = "hydra.sweeper.storage") -> optuna.storag
         raise
     except Exception as error:  # an unreachable server, a bad URL, a missing driver
         raise StatusError(f"{key}={shown}: cannot open the study's storage "
-                          f"({type(error).__name__}: {mask_password(_first_line(error))})"
+                          f"({type(error).__name__}: {mask_password(first_line(error))})"
                           ) from None
 
 
@@ -128,10 +125,11 @@ def study_status(study: optuna.Study, storage: optuna.storages.RDBStorage, url: 
     attrs = study.user_attrs
     single = len(study.directions) == 1
     best, pareto = None, None
-    if single and counts["COMPLETE"]:
-        best = _trial(study.best_trial)
+    winners = best_trials(study)
+    if single and winners:
+        best = _trial(winners[0])
     elif not single:
-        on_front = sorted(study.best_trials, key=lambda t: t.number)
+        on_front = sorted(winners, key=lambda t: t.number)
         pareto = {"size": len(on_front), "trials": [_trial(t) for t in on_front[:front]]}
     grace = int(settings.grace_period)
     beats = heartbeat_ages(storage, storage.get_study_id_from_name(study.study_name))
@@ -250,7 +248,7 @@ def show(sweeper: Any, cfg: Any, out: TextIO = sys.stdout) -> None:
             if not cfg.watch:
                 raise
             print(f"sweep-status: hydra.sweeper.storage={mask_password(url)}: no answer "
-                  f"({type(error).__name__}: {mask_password(_first_line(error))})",
+                  f"({type(error).__name__}: {mask_password(first_line(error))})",
                   file=sys.stderr, flush=True)
         else:
             if cfg.watch and fmt == "text":  # a screen a print, as watch(1) does

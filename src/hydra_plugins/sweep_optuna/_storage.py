@@ -10,6 +10,7 @@ import logging
 
 import optuna
 
+from sweep.errors import first_line
 from sweep.locks import init_lock
 from sweep.paths import ensure_sqlite_folder, mask_password
 
@@ -19,10 +20,6 @@ __all__ = ["open_storage", "storage_lost", "lost_message", "on_stale_trial", "fa
 
 log = logging.getLogger("sweep.sweeper")
 
-
-def _first_line(error: BaseException) -> str:
-    lines = str(getattr(error, "orig", None) or error).strip().splitlines()
-    return lines[0] if lines else ""
 
 
 def open_storage(url: str, heartbeat_interval: int, grace_period: int
@@ -42,7 +39,7 @@ def open_storage(url: str, heartbeat_interval: int, grace_period: int
                             grace_period=grace_period, stale_callback=on_stale_trial)
     except Exception as error:  # an unreachable server, a bad URL, a missing driver
         raise SweepAborted(f"hydra.sweeper.storage={mask_password(url)}: cannot open the "
-                           f"study's storage ({type(error).__name__}: {_first_line(error)})"
+                           f"study's storage ({type(error).__name__}: {first_line(error)})"
                            ) from None
 
 
@@ -89,6 +86,6 @@ def storage_lost(error: BaseException) -> Optional[BaseException]:
 
 def lost_message(url: str, cause: BaseException) -> str:
     return (f"hydra.sweeper.storage={mask_password(url)}: the study's storage stopped "
-            f"answering ({_first_line(cause)}). Finished trials are kept; run the same "
+            f"answering ({first_line(cause)}). Finished trials are kept; run the same "
             "command when it is back: the trial that was running is recorded as FAIL and "
             "the study goes on")

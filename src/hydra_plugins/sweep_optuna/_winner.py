@@ -9,7 +9,8 @@ import logging
 
 import optuna
 from omegaconf import DictConfig, OmegaConf, open_dict
-from optuna.trial import TrialState
+
+from sweep.study.winner import best as winner
 
 __all__ = ["EVALUATED_ATTR", "evaluate_best", "register_best"]
 
@@ -28,10 +29,9 @@ def evaluate_best(config: DictConfig, study: optuna.Study) -> None:
     reports, it chooses nothing."""
     if not OmegaConf.select(config, "eval.after_sweep", default=False):
         return
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not complete or len(study.directions) > 1:
+    best = winner(study)
+    if best is None or len(study.directions) > 1:
         return
-    best = study.best_trial
     if study.user_attrs.get(EVALUATED_ATTR) == best.number:
         log.info("best trial %d was evaluated on the test split already", best.number)
         return

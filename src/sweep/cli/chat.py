@@ -40,7 +40,7 @@ def app(cfg: DictConfig) -> None:
         chat(cfg, list(HydraConfig.get().overrides.task))
     except SweepError as error:
         log.error("%s", error)
-        sys.exit(2)
+        sys.exit(error.exit_code)
     except KeyboardInterrupt:  # while loading: leave without a traceback
         print(file=sys.stderr)
         sys.exit(130)

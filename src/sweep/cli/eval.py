@@ -30,7 +30,7 @@ def app(cfg: DictConfig) -> None:
         result = evaluate_target(cfg, list(HydraConfig.get().overrides.task))
     except SweepError as error:
         log.error("%s", error)
-        sys.exit(2)
+        sys.exit(error.exit_code)
     print(summary(result), flush=True)
     if result.run_id:
         print(f"logged to MLflow run {result.run_id} (metrics test_*, base_test_*, delta_*; "

@@ -42,7 +42,7 @@ def app(cfg: DictConfig) -> None:
               settings.threads)
     except SweepError as error:
         print(f"sweep-proxy: {error}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        sys.exit(error.exit_code)
 
 
 def main() -> None:

@@ -59,7 +59,7 @@ def app(cfg: DictConfig) -> None:
         show(HydraConfig.get().sweeper, settings)
     except SweepError as error:
         print(f"sweep-status: {error}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        sys.exit(error.exit_code)
     except KeyboardInterrupt:  # ends status.watch
         sys.exit(0 if watch else 130)
     except BrokenPipeError:  # `sweep-status | head`: the reader has gone

@@ -84,7 +84,7 @@ def app(cfg: DictConfig) -> float:
         log.error("%s", error)
         if cfg.trial.number is not None:
             raise  # in a sweep: this trial fails, the sweep goes on
-        sys.exit(2)
+        sys.exit(error.exit_code)
 
 
 class Terminated(KeyboardInterrupt):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sweep.errors import SweepError
+from sweep.errors import InputError
 
 __all__ = ["ConfigError", "require"]
 
 
-class ConfigError(SweepError):
+class ConfigError(InputError):
     """A config value is out of range or inconsistent; the message names the key."""
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from sweep.config.schema import DataConfig, DataFormat
-from sweep.errors import SweepError
+from sweep.errors import InputError
 
 __all__ = ["DataError", "Splits", "detect_format", "normalise", "read_jsonl", "load_splits",
            "builtin_path", "MAX_LINE_BYTES"]
@@ -49,7 +49,7 @@ _SIGNATURES = {b"\x1f\x8b": "gzip-compressed; decompress it",
                b"PK\x03\x04": "a zip archive; extract the .jsonl file"}
 
 
-class DataError(SweepError):
+class DataError(InputError):
     """Bad data: the message names the file and line of every bad record."""
 
 

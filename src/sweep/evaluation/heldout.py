@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from sweep.errors import SweepError
+from sweep.errors import InputError
 
 __all__ = ["Side", "HeldOut", "evaluate_target", "trial_config"]
 
@@ -107,11 +107,11 @@ def _side(model, tokenizer, test_set, qs, typed, label: str) -> Side:
 
 
 def _differences(base: Side, adapter: Side, qs, n_boot: int) -> Dict[str, tuple]:
-    from sweep.evaluation.metrics import METRICS, paired_difference as metric_difference
-    from sweep.pruning import example_record, paired_difference
+    from sweep.evaluation.metrics import METRICS, paired_metric_difference
+    from sweep.stats import example_record, paired_loss_difference
 
     out = {}
-    loss = paired_difference(
+    loss = paired_loss_difference(
         example_record(adapter.loss.indexes, adapter.loss.losses, adapter.loss.counts),
         example_record(base.loss.indexes, base.loss.losses, base.loss.counts))
     if loss is not None:
@@ -119,7 +119,7 @@ def _differences(base: Side, adapter: Side, qs, n_boot: int) -> Dict[str, tuple]
         out["test_ppl"] = (adapter.loss.ppl - base.loss.ppl, _ppl_difference_se(base, adapter))
     references = [q.reference for q in qs]
     for metric in METRICS:
-        out[f"test_{metric}"] = metric_difference(
+        out[f"test_{metric}"] = paired_metric_difference(
             base.items, adapter.items, metric, base_predictions=base.answers,
             adapter_predictions=adapter.answers, references=references, n_boot=n_boot)
     return out
@@ -154,7 +154,7 @@ def evaluate_target(cfg: DictConfig, overrides: Sequence[str] = ()) -> HeldOut:
     typed = to_typed(trial_config(target.config, cfg, overrides))
     splits = load_splits(typed.data, typed.seed)
     if not splits.test:
-        raise SweepError(f"data.path={typed.data.path}: no test split (data.test_fraction="
+        raise InputError(f"data.path={typed.data.path}: no test split (data.test_fraction="
                          f"{typed.data.test_fraction}, or a folder without test.jsonl)")
     loaded = load_base(typed.model, typed.cache_dir, typed.seed)
     model, tokenizer = loaded.model, loaded.tokenizer

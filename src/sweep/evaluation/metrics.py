@@ -18,12 +18,14 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from sweep.stats import mean_se
+
 from sweep.evaluation.citations import Citation, citation_counts, extract_citations
 
 __all__ = [
     "MEAN_METRICS", "METRICS", "Citation", "aggregate", "citation_counts",
     "corpus_bleu", "exact_match", "extract_citations", "normalize_answer",
-    "paired_difference", "rouge_l", "score_item", "sentence_bleu", "token_f1",
+    "paired_metric_difference", "rouge_l", "score_item", "sentence_bleu", "token_f1",
 ]
 
 METRICS = ("rougeL", "bleu", "exact_match", "f1", "citation_precision", "citation_recall")
@@ -150,11 +152,6 @@ def _finite_se(values: np.ndarray) -> float:
     return float(np.std(finite, ddof=1)) if len(finite) > 1 else math.nan
 
 
-def _mean_se(values: np.ndarray) -> tuple[float, float]:
-    se = float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.nan
-    return float(np.mean(values)), se
-
-
 def aggregate(items: Sequence[Mapping[str, float]], predictions: Sequence[str],
               references: Sequence[str], *, n_boot: int = 1000, seed: int = 0
               ) -> dict[str, float]:
@@ -170,7 +167,7 @@ def aggregate(items: Sequence[Mapping[str, float]], predictions: Sequence[str],
     out: dict[str, float] = {}
     for metric in METRICS:
         if metric in MEAN_METRICS:
-            out[metric], out[f"{metric}_se"] = _mean_se(np.array([i[metric] for i in items]))
+            out[metric], out[f"{metric}_se"] = mean_se(np.array([i[metric] for i in items]))
             continue
         stats = _stats(metric, items, predictions, references)
         out[metric] = _from_sums(metric, stats.sum(axis=0))
@@ -179,7 +176,7 @@ def aggregate(items: Sequence[Mapping[str, float]], predictions: Sequence[str],
     return out
 
 
-def paired_difference(base_items: Sequence[Mapping[str, float]],
+def paired_metric_difference(base_items: Sequence[Mapping[str, float]],
                       adapter_items: Sequence[Mapping[str, float]], metric: str, *,
                       base_predictions: Sequence[str] | None = None,
                       adapter_predictions: Sequence[str] | None = None,
@@ -197,7 +194,7 @@ def paired_difference(base_items: Sequence[Mapping[str, float]],
                      adapter_predictions=adapter_predictions, references=references)
     if metric in MEAN_METRICS:
         diff = [a[metric] - b[metric] for a, b in zip(adapter_items, base_items)]
-        return _mean_se(np.array(diff, float))
+        return mean_se(np.array(diff, float))
     base = _stats(metric, base_items, base_predictions, references)
     adapter = _stats(metric, adapter_items, adapter_predictions, references)
     weights = _weights(n, n_boot, seed)

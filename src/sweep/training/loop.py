@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator, Tuple
+from typing import Callable, Iterator
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -25,17 +25,16 @@ from mlx.utils import tree_flatten, tree_map
 from sweep.data.batches import iterate_batches
 from sweep.faults import point
 from sweep.training.cpu_ops import fusable_ops_on_cpu
-from sweep.training.events import (CheckpointReport, EvalReport, Listener, TrainReport,
+from sweep.training.events import (CheckpointReport, Listener, TrainReport,
                                    TrainResult)
-from sweep.training.scoring import ExampleLoss, example_losses, score
+from sweep.training.losses import (ExampleLoss, Loss, example_losses, masked_cross_entropy,
+                                   token_cross_entropy)
+from sweep.training.scoring import score
 from sweep.training.validation import (CollapsedError, NonFiniteLossError, Validation,
                                        check_not_dead, vocab_size)
 
 __all__ = ["LoopSettings", "NonFiniteLossError", "CollapsedError", "token_cross_entropy",
            "masked_cross_entropy", "evaluate", "train"]
-
-Loss = Callable[[nn.Module, mx.array, mx.array], Tuple[mx.array, mx.array]]
-
 
 @dataclass(frozen=True)
 class LoopSettings:
@@ -56,45 +55,6 @@ class LoopSettings:
     @property
     def total_steps(self) -> int:
         return math.ceil(self.iters / self.grad_accumulation)
-
-
-@mx.custom_function
-def _cross_entropy_and_lse(logits: mx.array, targets: mx.array):
-    peak = mx.stop_gradient(logits.max(axis=-1, keepdims=True))
-    lse = mx.log(mx.exp(logits - peak).sum(axis=-1)) + peak.squeeze(-1)
-    return lse - mx.take_along_axis(logits, targets[..., None], axis=-1).squeeze(-1), lse
-
-
-@_cross_entropy_and_lse.vjp
-def _cross_entropy_vjp(primals, cotangents, outputs):
-    logits, targets = primals
-    vocab = mx.arange(logits.shape[-1], dtype=targets.dtype)
-    softmax = mx.exp(logits - outputs[1][..., None])
-    grad = (softmax - (vocab == targets[..., None])) * cotangents[0][..., None]
-    return grad.astype(logits.dtype), mx.zeros_like(targets)
-
-
-def token_cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:
-    """Per-token cross-entropy from basic ops (max, exp, sum, log), so that inside a
-    compiled step its ``exp`` over the whole vocabulary lands in one fused kernel.
-
-    Its backward pass is written out: ``(softmax - one_hot) * g`` from the logits and
-    the log-normaliser in one fused kernel. Autodiff's version keeps the forward's
-    ``exp`` array alive and makes a few more vocabulary-sized ones: at 4 x 512 tokens
-    and a 49k vocabulary each is 400 MB.
-    """
-    return _cross_entropy_and_lse(logits.astype(mx.float32), targets)[0]
-
-
-def masked_cross_entropy(model: nn.Module, tokens: mx.array, bounds: mx.array):
-    """Mean next-token cross-entropy over positions ``offset <= p < length`` of each row
-    (the answer, when the prompt is masked); returns (loss, number of target tokens)."""
-    inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    position = mx.arange(1, targets.shape[1] + 1)
-    mask = (position >= bounds[:, 0:1]) & (position < bounds[:, 1:2])
-    ce = token_cross_entropy(model(inputs), targets) * mask
-    count = mx.maximum(mask.sum(), 1)
-    return ce.sum() / count, count
 
 
 def evaluate(model: nn.Module, dataset, settings: LoopSettings,

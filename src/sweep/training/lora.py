@@ -80,15 +80,15 @@ def load_adapter(model: nn.Module, folder: Path, model_name: str = "the base mod
     """Add the adapter saved in ``folder`` to ``model``, as ``mlx_lm``'s ``load_adapters``
     does, but checking first that every weight fits (mlx-lm loads with ``strict=False``:
     an adapter for another base model would load silently, or fail deep inside a
-    matmul). Raises :class:`~sweep.errors.SweepError` naming what does not fit."""
-    from sweep.errors import SweepError
+    matmul). Raises :class:`~sweep.errors.InputError` naming what does not fit."""
+    from sweep.errors import InputError
 
     folder = Path(folder)
     config = json.loads((folder / ADAPTER_CONFIG_FILE).read_text())
     weights = mx.load(str(folder / ADAPTER_FILE))
     layers = len(model.layers)
     if config.get("num_layers", 0) > layers:
-        raise SweepError(f"target: the adapter in {folder} adapts {config['num_layers']} "
+        raise InputError(f"target: the adapter in {folder} adapts {config['num_layers']} "
                          f"blocks; {model_name} has {layers}: it was made for another model")
     model.freeze()
     linear_to_lora_layers(model, config["num_layers"], config["lora_parameters"],
@@ -99,7 +99,7 @@ def load_adapter(model: nn.Module, folder: Path, model_name: str = "the base mod
              for k, v in weights.items() if k not in expected or expected[k].shape != v.shape]
     if wrong or set(expected) - set(weights):
         detail = wrong[0] if wrong else f"{sorted(set(expected) - set(weights))[0]} is missing"
-        raise SweepError(f"target: the adapter in {folder} does not fit {model_name}: "
+        raise InputError(f"target: the adapter in {folder} does not fit {model_name}: "
                          f"{detail}; it was made for another base model")
     model.load_weights(list(weights.items()), strict=False)
     mx.eval(model.parameters())

@@ -12,31 +12,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
 from sweep.data.batches import eval_batches
+from sweep.training.losses import ExampleLoss, example_losses
 from sweep.stats import token_weighted
 
 __all__ = ["Score", "example_losses", "score", "token_weighted"]
-
-ExampleLoss = Callable[[nn.Module, mx.array, mx.array], Tuple[mx.array, mx.array]]
-
-
-def example_losses(model: nn.Module, tokens: mx.array, bounds: mx.array):
-    """Per row: the summed next-token cross-entropy over positions ``offset <= p < length``
-    and the number of those positions."""
-    from sweep.training.loop import token_cross_entropy
-
-    inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    position = mx.arange(1, targets.shape[1] + 1)
-    mask = (position >= bounds[:, 0:1]) & (position < bounds[:, 1:2])
-    ce = token_cross_entropy(model(inputs), targets) * mask
-    return ce.sum(axis=1), mask.sum(axis=1)
-
 
 @dataclass(frozen=True)
 class Score:
