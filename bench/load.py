@@ -5,8 +5,8 @@ Every trial is a real sweep job: Hydra composes and launches it, the sweeper ask
 it (its no-repeat proposal, the ``n_trials`` quota), the job is the Optuna trial (heartbeat,
 ``report``/``should_prune`` at each evaluation point, its tell) and records an MLflow child
 run on a real ``mlflow server`` (PostgreSQL backend, served artifacts, basic-auth). Only the
-training is replaced, by the zero-cost objective of the documented test hook
-``SWEEP_ZERO_COST=1`` (``src/sweep/zero_cost.py``). The N processes are the README's recipe:
+training is replaced, by the zero-cost trial runner
+(``runner._target_=sweep.testing.zero_cost.run``, ``src/sweep/testing/zero_cost.py``). The N processes are the README's recipe:
 ``--machines`` commands started at once (as on that many machines), each with
 ``hydra.sweeper.n_workers`` processes; the default search (TPE, the ``lora`` space).
 
@@ -155,7 +155,7 @@ def run_case(pg, server, mode: str, n: int, args, root: Path) -> Dict[str, Any]:
     folder.mkdir()
     proxy: Optional[subprocess.Popen] = None
     storage = url
-    env = {**os.environ, **server.env, "SWEEP_ZERO_COST": "1"}
+    env = {**os.environ, **server.env}
     env.pop("PGPASSWORD", None)
     if mode == "direct":
         env.update(pg.env)
@@ -183,7 +183,8 @@ def run_case(pg, server, mode: str, n: int, args, root: Path) -> Dict[str, Any]:
                    f"hydra.sweeper.study_name={name}", f"hydra.sweeper.n_trials={n_trials}",
                    f"hydra.sweeper.n_workers={workers}", f"mlflow.tracking_uri={server.url}",
                    f"mlflow.experiment={name}", "eval.after_sweep=false",
-                   "registry.after_sweep=false", f"hydra.sweep.dir={folder}/machine-{i}"]
+                   "registry.after_sweep=false", f"hydra.sweep.dir={folder}/machine-{i}",
+                   "runner._target_=sweep.testing.zero_cost.run"]
         out = (folder / f"machine-{i}.log").open("w")
         commands.append((subprocess.Popen(command, env=env, stdout=out,
                                           stderr=subprocess.STDOUT, cwd=folder,

@@ -59,3 +59,14 @@ def test_a_job_that_cannot_beat_past_the_grace_period_stops(tmp_path: Path, capl
             listener.on_train_report(report)
     finally:
         link.close()
+
+
+def test_the_trial_runner_is_chosen_by_config_and_a_bad_one_is_named(compose_cfg) -> None:
+    from sweep.cli.sweep import trial_runner
+    from sweep.testing.zero_cost import TARGET, run
+    from sweep.trial import run_trial
+
+    assert trial_runner(compose_cfg()) is run_trial  # no environment variable involved
+    assert trial_runner(compose_cfg(f"runner._target_={TARGET}")) is run
+    with pytest.raises(InputError, match=r"runner._target_=sweep.nope.run: not a function"):
+        trial_runner(compose_cfg("runner._target_=sweep.nope.run"))

@@ -1,5 +1,5 @@
 """Optuna's gRPC storage proxy (``sweep-proxy``, ``grpc://HOST:PORT`` storages) with the
-zero-cost trial hook (``SWEEP_ZERO_COST=1``, the load benchmark's): a real two-process
+zero-cost trial runner (``runner._target_=sweep.testing.zero_cost.run``, the load benchmark's): a real two-process
 sweep through a real proxy in front of SQLite (every trial finished once, no repeated
 configuration, one parent run, the jobs' beats in their trials), ``sweep-status`` through
 the proxy, a silent trial failed by its beat, and the refusals (no proxy answering, a bad
@@ -21,7 +21,7 @@ import optuna
 import pytest
 
 from sweep.storages import BEAT_ATTR, grpc_address, silent_trials
-from sweep.zero_cost import objective
+from sweep.testing.zero_cost import TARGET as ZERO_COST, objective
 
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
@@ -86,9 +86,10 @@ def _sweep(tmp_path: Path, storage: str, *extra: str, env: Dict[str, str] = None
            timeout: float = 300) -> subprocess.CompletedProcess:
     command = [str(BIN / "sweep"), "-m", "model=tiny", f"hydra.sweeper.storage={storage}",
                f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db", "eval.after_sweep=false",
-               "registry.after_sweep=false", f"hydra.sweep.dir={tmp_path}/sweep", *extra]
+               "registry.after_sweep=false", f"hydra.sweep.dir={tmp_path}/sweep",
+               f"runner._target_={ZERO_COST}", *extra]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=tmp_path,
-                          env={**os.environ, "SWEEP_ZERO_COST": "1", **(env or {})})
+                          env={**os.environ, **(env or {})})
 
 
 def test_two_workers_through_the_proxy_finish_the_study_once(tmp_path: Path, proxy) -> None:

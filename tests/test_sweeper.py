@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from conftest import ROOT
+from sweep.testing.zero_cost import TARGET as ZERO_COST
 
 pytestmark = pytest.mark.slow
 SEARCHED = {"lora.rank", "lora.alpha", "optimizer.lr", "train.grad_accumulation"}
@@ -39,12 +40,12 @@ def command(tmp: Path, *extra: str, n: int = 4, study: str = "s") -> List[str]:
 
 
 def run(cmd: List[str], zero_cost: bool = False) -> subprocess.CompletedProcess:
-    """``zero_cost``: the jobs skip training (``SWEEP_ZERO_COST=1``, sweep.zero_cost) and
-    the sweep its winner's evaluation and registration, for tests of the sweeper alone."""
+    """``zero_cost``: the jobs skip training (the zero-cost runner, sweep.testing.zero_cost)
+    and the sweep its winner's evaluation and registration, for tests of the sweeper alone."""
     env = dict(os.environ)
     if zero_cost:
-        env["SWEEP_ZERO_COST"] = "1"
-        cmd = [*cmd, "eval.after_sweep=false", "registry.after_sweep=false"]
+        cmd = [*cmd, f"runner._target_={ZERO_COST}", "eval.after_sweep=false",
+               "registry.after_sweep=false"]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
 
 

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from sweep.blas import blas_choice
 from sweep.config import flatten, to_typed
 from sweep.config.schema import SweepConfig
-from sweep.training.events import Listener, Listeners, TrainResult, TrialStopped
+from sweep.training.events import Listener, Listeners, TrainResult
 
 __all__ = ["TrialResult", "run_trial", "train_settings"]
 
@@ -63,13 +63,6 @@ def train_settings(cfg: SweepConfig, n_train: int, longest: int = 0):
         report_every=t.report_every, compile=t.compile, grad_checkpoint=checkpoint,
         seed=cfg.seed,
     )
-
-
-def _write_config(cfg: DictConfig, overrides: Sequence[str], folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    (folder / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
-    return folder
 
 
 def _fit_to_length(train_set, val_set, train: Any):
@@ -146,7 +139,8 @@ def run_trial(
     from sweep.data.records import load_splits
     from sweep.models.loader import load_base
     from sweep.tracking.console import ConsoleReporter
-    from sweep.tracking.mlflow_tracker import MlflowTracker, NullTracker, check_tracking
+    from sweep.tracking.mlflow_tracker import check_tracking
+    from sweep.tracking.run import open_tracker, tracked_run, write_config
     from sweep.training.lora import apply_lora, save_adapter, trainable_parameters
     from sweep.training.loop import train
     from sweep.training.optim import build_optimizer, build_schedule
@@ -175,8 +169,7 @@ def run_trial(
              n_trainable, len(train_set), len(val_set), settings.iters, settings.total_steps,
              ", gradient checkpointing" if settings.grad_checkpoint else "")
 
-    tracker = MlflowTracker(typed.mlflow, run_name=run_name, parent_run_id=parent_run_id) \
-        if typed.mlflow.enabled else NullTracker()
+    tracker = open_tracker(typed.mlflow, run_name, parent_run_id)
     params: Dict[str, Any] = flatten(typed)
     params.update({
         "lora.scale": typed.lora.scale,
@@ -190,18 +183,22 @@ def run_trial(
         "train.grad_checkpoint_used": settings.grad_checkpoint,
         **cut,
     })
-    tracker.start(params, {"sweep.output_dir": str(output_dir.resolve()), **(tags or {})})
     adapter_dir = output_dir / "adapter"
 
     def save(name: str) -> Path:
         folder = adapter_dir if name == "best" else output_dir / "checkpoints" / name
         return save_adapter(model, adapter_cfg, folder)
 
-    try:  # from here on, whatever happens ends the run (FAILED, KILLED or FINISHED)
+    def log_adapter_so_far() -> None:
+        if (adapter_dir / "adapters.safetensors").exists():
+            tracker.log_artifacts(adapter_dir, "adapter")
+
+    tags = {"sweep.output_dir": str(output_dir.resolve()), **(tags or {})}
+    with tracked_run(tracker, params, tags, on_stop=log_adapter_so_far):
         if on_start is not None:  # the Optuna trial may have been failed meanwhile
             on_start(tracker.run_id, str(output_dir.resolve()))
         _require_answer_tokens(cut, typed.train.max_seq_length)
-        tracker.log_artifacts(_write_config(cfg, overrides, output_dir / "config"), "config")
+        tracker.log_artifacts(write_config(cfg, overrides, output_dir / "config"), "config")
         result = train(model, optimizer, train_set, val_set, settings,
                        listener=Listeners([ConsoleReporter(settings.total_steps, label),
                                            tracker, *listeners]),
@@ -213,23 +210,6 @@ def run_trial(
                              "train_seconds": result.train_seconds,
                              "eval_seconds": result.eval_seconds}, result.iterations)
         tracker.log_artifacts(adapter_dir, "adapter")
-    except TrialStopped as stop:
-        if (adapter_dir / "adapters.safetensors").exists():
-            tracker.log_artifacts(adapter_dir, "adapter")
-        tracker.set_tag("sweep.state", stop.state)
-        tracker.end("KILLED")
-        raise
-    except KeyboardInterrupt:
-        tracker.end("KILLED")
-        raise
-    except BaseException as error:
-        tracker.set_tag("sweep.fail_reason", f"{type(error).__name__}: {error}"[:5000])
-        tracker.end("FAILED")
-        raise
-    from sweep.faults import point
-
-    point("trial_end")  # trained and logged; the run is not closed yet
-    tracker.end("FINISHED")
     seconds = time.perf_counter() - started
     log.info("best val_loss %.4f +- %.4f (ppl %.2f; whole validation split) at step %d; "
              "adapter: %s; %.1f s (training %.1f s, evaluation %.1f s)", result.best_val_loss,

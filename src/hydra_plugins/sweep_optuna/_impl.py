@@ -30,7 +30,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
-from sweep.faults import point
+from sweep.testing.faults import point
 from sweep.locks import study_lock
 from sweep.optuna_link import GRACE_ATTR, HEARTBEAT_ATTR, PRUNER_ATTR, build_pruner
 

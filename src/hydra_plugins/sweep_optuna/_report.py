@@ -23,7 +23,7 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
-from sweep.faults import point
+from sweep.testing.faults import point
 from sweep.study.winner import best_trials
 
 from hydra_plugins.sweep_optuna._proposals import SweepAborted, ran
@@ -269,7 +269,7 @@ class StudyReport:
 
     # -- the report --------------------------------------------------------------
     def finish(self) -> None:
-        from sweep.faults import point
+        from sweep.testing.faults import point
 
         point("report")
         self.folder.mkdir(parents=True, exist_ok=True)

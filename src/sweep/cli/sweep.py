@@ -19,12 +19,25 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from sweep.config import CONFIG_DIR, register
-from sweep.errors import SweepError
-from sweep.faults import CURRENT_TRIAL_ENV
+from sweep.errors import InputError, SweepError, first_line
+from sweep.testing.faults import CURRENT_TRIAL_ENV
 
 log = logging.getLogger("sweep")
 
 register()
+
+
+def trial_runner(cfg: DictConfig):
+    """The function ``runner._target_`` names (:func:`sweep.trial.run_trial` unless a test
+    or the load benchmark swaps in :func:`sweep.testing.zero_cost.run`)."""
+    from hydra.utils import get_method
+
+    name = str(cfg.runner._target_)
+    try:
+        return get_method(name)
+    except Exception as error:
+        raise InputError(f"runner._target_={name}: not a function that can be imported "
+                         f"({type(error).__name__}: {first_line(error)})") from None
 
 
 def run_job(cfg: DictConfig, output_dir: Path, overrides: list) -> float:
@@ -34,19 +47,16 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: list) -> float:
     # A launcher may run the job in a process of its own that never went through
     # sweep.cli.main (joblib's loky workers, submitit's SLURM jobs); a no-op otherwise.
     runtime.setup()
-    from sweep import zero_cost
     from sweep.optuna_link import TrialPruned, objective_values, open_link
-    from sweep.trial import run_trial
 
-    if zero_cost.enabled():  # load tests only (SWEEP_ZERO_COST=1): no data, model, training
-        run_trial = zero_cost.run  # noqa: F811
+    run_trial = trial_runner(cfg)
 
     link_cfg = OmegaConf.to_object(cfg.trial)  # run_trial validates the whole config
     link = open_link(link_cfg)
     if link is None:
         return run_trial(cfg, output_dir, overrides=overrides).best_val_loss
     label = f"trial {link.number}"
-    os.environ[CURRENT_TRIAL_ENV] = str(link.number)  # for sweep.faults (tests)
+    os.environ[CURRENT_TRIAL_ENV] = str(link.number)  # for sweep.testing.faults (tests)
     try:
         result = run_trial(cfg, output_dir, overrides=overrides, listeners=[link.listener],
                            parent_run_id=link_cfg.parent_run_id, run_name=f"trial-{link.number}",

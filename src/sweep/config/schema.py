@@ -20,6 +20,7 @@ from sweep.config.commands import (ChatConfig, EvalConfig, ExportConfig, ProxyCo
                                     RegistryConfig, StatusConfig, StatusFormat)
 
 __all__ = [
+    "RunnerConfig",
     "ConfigError",
     "ModelSource",
     "DType",
@@ -298,6 +299,15 @@ class TrialLink:
 
 
 @dataclass
+class RunnerConfig:
+    """The function that runs one trial, with :func:`sweep.trial.run_trial`'s arguments and
+    result. Only tests and the load benchmark change it (``runner._target_=
+    sweep.testing.zero_cost.run``: trials without data, model or training)."""
+
+    _target_: str = "sweep.trial.run_trial"
+
+
+@dataclass
 class SweepConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -307,6 +317,7 @@ class SweepConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     trial: TrialLink = field(default_factory=TrialLink)
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)

@@ -124,7 +124,7 @@ def prepare_model_dir(cfg: ModelConfig, cache_dir: str | None, seed: int) -> str
         digest = hashlib.sha1(json.dumps(asdict(cfg.arch), sort_keys=True).encode()).hexdigest()
         out = models / f"tiny-{digest[:10]}-seed{seed}"
         if not (out / "sweep_import.json").exists():
-            from sweep.faults import point
+            from sweep.testing.faults import point
 
             point("model_import")
             _build_tiny(cfg, seed, out)
@@ -133,7 +133,7 @@ def prepare_model_dir(cfg: ModelConfig, cache_dir: str | None, seed: int) -> str
     kind = "q" if keep_quantized(cfg) else "f32"
     out = models / f"{gguf.stem}-{kind}-v{IMPORTER_VERSION}"
     if not (out / "sweep_import.json").exists():
-        from sweep.faults import point
+        from sweep.testing.faults import point
 
         point("model_import")
         log.info("Importing %s into %s (once)", gguf.name, out)

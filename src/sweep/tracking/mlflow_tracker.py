@@ -123,7 +123,7 @@ class MlflowTracker(NullTracker):
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
-        from sweep.faults import point
+        from sweep.testing.faults import point
 
         point("mlflow_log")
         now = int(time.time() * 1000)

@@ -23,7 +23,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map
 
 from sweep.data.batches import iterate_batches
-from sweep.faults import point
+from sweep.testing.faults import point
 from sweep.training.cpu_ops import fusable_ops_on_cpu
 from sweep.training.events import (CheckpointReport, Listener, TrainReport,
                                    TrainResult)

@@ -68,7 +68,7 @@ def save_adapter(model: nn.Module, config: Dict[str, Any], folder: Path) -> Path
     weights = dict(tree_flatten(model.trainable_parameters()))
     tmp = folder / f".{ADAPTER_FILE}.tmp.safetensors"
     mx.save_safetensors(str(tmp), weights)
-    from sweep.faults import point
+    from sweep.testing.faults import point
 
     point("save_adapter")  # written, not yet in place
     tmp.replace(folder / ADAPTER_FILE)

@@ -93,7 +93,7 @@ class Validation:
 
     def run(self, step: int, iteration: int, trained: int) -> Score:
         """An evaluation during training (step 0: the base model)."""
-        from sweep.faults import point
+        from sweep.testing.faults import point
 
         point("evaluation")
         start = time.perf_counter()

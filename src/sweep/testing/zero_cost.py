@@ -1,5 +1,6 @@
-"""A test hook for load tests: ``SWEEP_ZERO_COST=1`` replaces a trial's data, model and
-training with a zero-cost objective, and keeps everything around them real.
+"""A trial runner for load tests: ``runner._target_=sweep.testing.zero_cost.run`` replaces a
+trial's data, model and training with a zero-cost objective, and keeps everything around
+them real.
 
 A job of a sweep with it still composes its config through Hydra, is an Optuna trial (its
 heartbeat, ``trial.report`` and ``should_prune`` at each evaluation point, its tell), and
@@ -12,26 +13,21 @@ registry.after_sweep=false`` (the load benchmark, ``bench/load.py``, sets them).
 
 The objective is a smooth function of the searched values (a bowl around lr 5e-4, rank 16,
 alpha = 2 x rank, accumulation 2, near the default sweep's real winner), reached along a
-falling curve, so samplers and pruners have something to work with. Unset (always, outside
-load tests) the hook costs one dictionary lookup.
+falling curve, so samplers and pruners have something to work with. Its runs carry the
+param ``zero_cost=True``.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
-__all__ = ["ENV", "enabled", "objective", "run"]
+__all__ = ["TARGET", "objective", "run"]
 
-ENV = "SWEEP_ZERO_COST"
+TARGET = "sweep.testing.zero_cost.run"  # runner._target_ that selects it
 BASE_LOSS = 3.1  # the base model's validation loss on the default data, roughly
-
-
-def enabled() -> bool:
-    return os.environ.get(ENV, "") not in ("", "0")
 
 
 def objective(lr: float, rank: int, alpha: float, grad_accumulation: int) -> float:
@@ -49,34 +45,34 @@ def run(cfg: Any, output_dir: Path, *, overrides: Sequence[str] = (),
     """:func:`sweep.trial.run_trial`'s stand-in (same arguments, same result), without
     data, model or training."""
     from sweep.config import flatten, to_typed
-    from sweep.faults import point as fault
-    from sweep.tracking.mlflow_tracker import MlflowTracker, NullTracker, check_tracking
-    from sweep.training.events import EvalReport, Listeners, TrainResult, TrialStopped
-    from sweep.trial import TrialResult, _write_config
+    from sweep.testing.faults import point as fault
+    from sweep.tracking.mlflow_tracker import check_tracking
+    from sweep.tracking.run import open_tracker, tracked_run, write_config
+    from sweep.training.events import EvalReport, Listeners, TrainResult
+    from sweep.trial import TrialResult
 
     started = time.perf_counter()
     typed = to_typed(cfg)
     if typed.mlflow.enabled:
         check_tracking(typed.mlflow)
-    tracker = MlflowTracker(typed.mlflow, run_name=run_name, parent_run_id=parent_run_id) \
-        if typed.mlflow.enabled else NullTracker()
+    tracker = open_tracker(typed.mlflow, run_name, parent_run_id)
     t = typed.train
     final = objective(typed.optimizer.lr, typed.lora.rank, typed.lora.alpha,
                       t.grad_accumulation)
     trainable = typed.lora.rank * 2 * 576 * 30 * 7  # SmolLM2-135M's shape, all linear layers
-    tracker.start({**flatten(typed), "lora.scale": typed.lora.scale,
-                   "trainable_parameters": trainable, "zero_cost": True},
-                  {"sweep.output_dir": str(Path(output_dir).resolve()), **(tags or {})})
+    params = {**flatten(typed), "lora.scale": typed.lora.scale,
+              "trainable_parameters": trainable, "zero_cost": True}
     every = t.eval_every_iters or max(1, t.iters // 3)
     points = list(range(every, t.iters, every)) + [t.iters]
     listener = Listeners([tracker, *listeners])
-    try:
+    output_dir = Path(output_dir)
+    with tracked_run(tracker, params, {"sweep.output_dir": str(output_dir.resolve()),
+                                       **(tags or {})}):
         if on_start is not None:
-            on_start(tracker.run_id, str(Path(output_dir).resolve()))
-        tracker.log_artifacts(_write_config(cfg, overrides, Path(output_dir) / "config"),
-                              "config")
+            on_start(tracker.run_id, str(output_dir.resolve()))
+        tracker.log_artifacts(write_config(cfg, overrides, output_dir / "config"), "config")
         for point in points:
-            fault("train_step")  # the fault points a training trial passes (sweep.faults)
+            fault("train_step")  # the fault points a training trial passes (sweep.testing.faults)
             left = 1.0 - point / t.iters
             value = final + (BASE_LOSS - final) * left * left
             listener.on_eval_report(EvalReport(
@@ -89,17 +85,5 @@ def run(cfg: Any, output_dir: Path, *, overrides: Sequence[str] = (),
                              best_val_loss_se=0.05, best_iteration=t.iters,
                              base_val_loss=BASE_LOSS)
         tracker.log_metrics({"best_val_loss": final, "best_val_loss_se": 0.05}, t.iters)
-    except TrialStopped as stop:
-        tracker.set_tag("sweep.state", stop.state)
-        tracker.end("KILLED")
-        raise
-    except KeyboardInterrupt:
-        tracker.end("KILLED")
-        raise
-    except BaseException as error:
-        tracker.set_tag("sweep.fail_reason", f"{type(error).__name__}: {error}"[:5000])
-        tracker.end("FAILED")
-        raise
-    tracker.end("FINISHED")
-    return TrialResult(final, result.best_step, Path(output_dir) / "adapter", "", tracker.run_id,
+    return TrialResult(final, result.best_step, output_dir / "adapter", "", tracker.run_id,
                        trainable, result, time.perf_counter() - started)
