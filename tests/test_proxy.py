@@ -131,11 +131,12 @@ def test_a_silent_trial_behind_the_proxy_is_failed_by_its_beat(proxy) -> None:
     from hydra_plugins.sweep_optuna._storage import fail_stale
 
     host, port = grpc_address(proxy["grpc"])
-    study = optuna.create_study(study_name="beats", storage=GrpcStorageProxy(host=host, port=port))
+    storage = GrpcStorageProxy(host=host, port=port)
+    study = optuna.create_study(study_name="beats", storage=storage)
     lost, alive, unstarted = study.ask(), study.ask(), study.ask()
     lost.set_user_attr(BEAT_ATTR, time.time() - 120)  # a machine that went away 2 min ago
     alive.set_user_attr(BEAT_ATTR, time.time())
-    fail_stale(study, grace_period=60)
+    fail_stale(study, storage, grace_period=60)
     states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
     assert states == {lost.number: "FAIL", alive.number: "RUNNING", unstarted.number: "RUNNING"}
 

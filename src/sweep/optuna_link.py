@@ -103,16 +103,18 @@ class OptunaTrialLink:
     def __init__(self, link: TrialLink):
         import optuna
 
-        from sweep.storages import has_heartbeat, is_grpc, open_url
+        from sweep.storages import is_grpc, open_url
+        from sweep.study._compat import has_heartbeat
 
         if is_grpc(link.storage):  # one channel; beats go into the trial (sweep.storages)
             self.storage = open_url(link.storage)
-            attrs = self.storage.get_study_user_attrs(
-                self.storage.get_study_id_from_name(link.study_name))
+            study_id = self.storage.get_study_id_from_name(link.study_name)
+            attrs = self.storage.get_study_user_attrs(study_id)
         else:
             probe = open_url(link.storage, skip_table_creation=True)  # the sweeper made them
             try:
-                attrs = probe.get_study_user_attrs(probe.get_study_id_from_name(link.study_name))
+                study_id = probe.get_study_id_from_name(link.study_name)
+                attrs = probe.get_study_user_attrs(study_id)
             finally:  # its connections now, not at garbage collection (64 workers: 500+)
                 probe.engine.dispose()
             self.storage = open_url(link.storage, skip_table_creation=True,
@@ -124,7 +126,7 @@ class OptunaTrialLink:
                                        pruner=build_pruner(pruner["name"], pruner["kwargs"]))
         self.number = int(link.number)
         self.trial_id = self.storage.get_trial_id_from_study_id_trial_number(
-            self.study._study_id, self.number)
+            study_id, self.number)
         self.trial = optuna.trial.Trial(self.study, self.trial_id)
         self.multi_objective = len(self.study.directions) > 1
         self.trial.set_user_attr("host", socket.gethostname())

@@ -21,8 +21,7 @@ from typing import Any, Iterable, List, Optional, Tuple
 # Optuna 5 marks its gRPC proxy experimental (since 4.2); said once in the README, not per job
 warnings.filterwarnings("ignore", message=".*(GrpcStorageProxy|run_grpc_proxy_server) is experimental")
 
-__all__ = ["GRPC_SCHEME", "BEAT_ATTR", "grpc_address", "is_grpc", "open_url", "has_heartbeat",
-           "silent_trials"]
+__all__ = ["GRPC_SCHEME", "BEAT_ATTR", "grpc_address", "is_grpc", "open_url", "silent_trials"]
 
 GRPC_SCHEME = "grpc://"
 BEAT_ATTR = "beat_at"  # trial user attr behind the proxy: the job's last beat (Unix time)
@@ -66,12 +65,6 @@ def open_url(url: str, *, heartbeat_interval: Optional[int] = None,
         kwargs.update(heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                       heartbeat_stale_trial_callback=stale_callback)
     return optuna.storages.RDBStorage(url, **kwargs)
-
-
-def has_heartbeat(storage: Any) -> bool:
-    from optuna.storages._heartbeat import BaseHeartbeat  # not exported by optuna.storages
-
-    return isinstance(storage, BaseHeartbeat)
 
 
 def silent_trials(trials: Iterable[Any], grace_period: float,

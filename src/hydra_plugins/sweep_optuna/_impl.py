@@ -30,6 +30,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
+from sweep.study._compat import job_error
 from sweep.testing.faults import point
 from sweep.locks import study_lock
 from sweep.optuna_link import GRACE_ATTR, HEARTBEAT_ATTR, PRUNER_ATTR, build_pruner
@@ -109,6 +110,7 @@ class SweeperImpl:
         except (ValueError, TypeError) as error:
             raise SweepAborted(f"hydra.sweeper.pruner: {error}") from None
         storage, name = self._storage(), str(s["study_name"])
+        self.storage = storage
         try:  # exactly one of the processes started together makes it (a unique name)
             study = optuna.create_study(storage=storage, study_name=name, sampler=sampler,
                                         pruner=pruner, directions=["minimize"] * len(objectives))
@@ -137,7 +139,7 @@ class SweeperImpl:
                 failed.append(t.number)
         if failed:
             log.warning("Trials %s were left RUNNING by a process that died: now FAIL", failed)
-        fail_stale(study, int(self.settings["grace_period"]))  # silent ones, any host
+        fail_stale(study, self.storage, int(self.settings["grace_period"]))  # silent ones, any host
         return failed
 
     def propose(self, study: optuna.Study, space: SearchSpace) -> optuna.trial.Trial:
@@ -173,7 +175,7 @@ class SweeperImpl:
             raise
         frozen = frozen_trial(study, trial.number)
         if frozen.state == TrialState.RUNNING:  # the job died before telling
-            reason = result._return_value if result.status == JobStatus.FAILED else "no result"
+            reason = job_error(result) if result.status == JobStatus.FAILED else "no result"
             tell_fail(study, trial, str(reason))
             frozen = frozen_trial(study, trial.number)
         self._log_outcome(study, frozen)

@@ -9,7 +9,6 @@ FAIL trial per redraw.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import logging
@@ -18,17 +17,19 @@ import os
 import random
 import socket
 import time
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Set, Tuple, Union
 
 import optuna
 from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
                                   IntDistribution)
 from optuna.trial import FrozenTrial, TrialState
 
+from sweep.study._compat import draw_unrecorded, enqueued_params, suggesting, tell_quietly
+
 from hydra_plugins.sweep_optuna._search_space import SearchSpace, grid_values
 
 __all__ = ["SweepAborted", "SpaceExhausted", "Proposer", "build_sampler", "trial_seed",
-           "suggest", "config_key", "draw", "finite_points", "hydra_value", "owner_died",
+           "suggest", "config_key", "finite_points", "hydra_value", "owner_died",
            "frozen_trial", "tell_fail", "ran", "TAKEN", "MAX_DRAWS", "MAX_POINTS",
            "EARLIER_TRIALS_WAIT", "NOT_RUN_ATTR", "PROPOSAL_ATTR", "QuotaReached"]
 
@@ -131,27 +132,6 @@ def config_key(params: Mapping[str, Any]) -> Tuple:
     return tuple(sorted((k, type(v).__name__, v) for k, v in params.items()))
 
 
-def draw(sampler: optuna.samplers.BaseSampler, study: optuna.Study, trial: FrozenTrial,
-         distributions: Mapping[str, BaseDistribution]) -> Dict[str, Any]:
-    """One candidate configuration for ``trial``, asked of ``sampler`` the way
-    ``Trial.suggest_*`` asks it (relative sampling first, then independent) but not
-    recorded, so that a repeat can be drawn again. (Suggesting instead would record the
-    repeat for good: a redraw would then cost a junk FAIL trial.) Unlike ``Trial``, the
-    sampler sees the whole study, not the HyperbandPruner's bracket."""
-    relative_space = sampler.infer_relative_search_space(study, trial)
-    relative = sampler.sample_relative(study, trial, relative_space)
-    params = {}
-    for name, d in distributions.items():
-        if d.single():
-            value = d.choices[0] if isinstance(d, CategoricalDistribution) else d.low
-        elif name in relative and name in relative_space:
-            value = relative[name]
-        else:
-            value = sampler.sample_independent(study, trial, name, d)
-        params[name] = d.to_external_repr(d.to_internal_repr(value))  # numpy -> Python types
-    return params
-
-
 def _values(d: BaseDistribution) -> Optional[List[Any]]:
     if isinstance(d, CategoricalDistribution):
         return list(d.choices)
@@ -186,31 +166,6 @@ def hydra_value(value: Any) -> str:
         else "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-class _Chosen(optuna.samplers.BaseSampler):
-    """Gives ``trial.suggest_*`` the values already drawn, so they are recorded as usual."""
-
-    def __init__(self, params: Mapping[str, Any]):
-        self.params = dict(params)
-
-    def infer_relative_search_space(self, study, trial):
-        return {}
-
-    def sample_relative(self, study, trial, search_space):
-        return {}
-
-    def sample_independent(self, study, trial, param_name, param_distribution):
-        return self.params[param_name]
-
-
-@contextlib.contextmanager
-def _sampler(study: optuna.Study, sampler: optuna.samplers.BaseSampler) -> Iterator[None]:
-    saved, study.sampler = study.sampler, sampler
-    try:
-        yield
-    finally:
-        study.sampler = saved
-
-
 def tell_fail(study: optuna.Study, trial: Union[optuna.trial.Trial, int],
               reason: Optional[str] = None) -> None:
     """Ends ``trial`` as FAIL (if it is still running), with ``reason`` as its fail_reason
@@ -218,8 +173,7 @@ def tell_fail(study: optuna.Study, trial: Union[optuna.trial.Trial, int],
     which raises RuntimeError outside optimize(); on FAIL no other sampler's hook acts."""
     if reason is not None:
         trial.set_user_attr("fail_reason", reason[:1000])
-    with _sampler(study, _Chosen({})):
-        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+    tell_quietly(study, trial, state=TrialState.FAIL)
 
 
 def tell_not_run(study: optuna.Study, trial: optuna.trial.Trial, reason: str) -> None:
@@ -250,11 +204,6 @@ def owner_died(t: FrozenTrial, host: str) -> bool:
 def frozen_trial(study: optuna.Study, number: int) -> FrozenTrial:
     """Trial ``number`` of ``study`` as stored now."""
     return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
-
-
-def _params(t: FrozenTrial) -> Dict[str, Any]:
-    """A trial's configuration; an enqueued (WAITING) trial's is still in its system attrs."""
-    return t.params or dict(t.system_attrs.get("fixed_params") or {})
 
 
 class Proposer:
@@ -306,7 +255,7 @@ class Proposer:
         if params is None:  # a race with another process for the last points
             tell_not_run(study, trial, "not run: search space exhausted")
             raise SpaceExhausted("another process took the last configurations")
-        with _sampler(study, _Chosen(params)):  # no sampler hook runs on these calls
+        with suggesting(study, params):  # no sampler hook runs on these calls
             for name, distribution in space.distributions.items():
                 suggest(trial, name, distribution)
         chosen = [f"{k}={hydra_value(v)}" for k, v in trial.params.items()]
@@ -336,7 +285,7 @@ class Proposer:
             # kept the gRPC proxy busy (101 CPU-s for 96 trials, bench/load.py)
 
     def _taken(self, study: optuna.Study, number: int) -> Set[Tuple]:
-        return {config_key(_params(t)) for t in study.get_trials(deepcopy=False, states=TAKEN)
+        return {config_key(enqueued_params(t)) for t in study.get_trials(deepcopy=False, states=TAKEN)
                 if t.number != number}
 
     def _draw_new(self, study: optuna.Study, space: SearchSpace, number: int,
@@ -347,7 +296,7 @@ class Proposer:
         trial = frozen_trial(study, number)  # with what ask() stored (GridSampler: its grid_id)
         for attempt in range(MAX_DRAWS):
             sampler = self.sampler(space, trial_seed(self.seed, number, attempt))
-            params = draw(sampler, study, trial, space.distributions)
+            params = draw_unrecorded(sampler, study, trial, space.distributions)
             if config_key(params) not in taken:
                 if attempt:
                     log.info("trial %d: %d draw(s) repeated earlier trials", number, attempt)

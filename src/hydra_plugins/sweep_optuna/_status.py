@@ -28,7 +28,8 @@ from sweep.errors import InputError, first_line
 from sweep.study.winner import best_trials
 from sweep.optuna_link import HEARTBEAT_ATTR
 from sweep.paths import mask_password, sqlite_file
-from sweep.storages import BEAT_ATTR, has_heartbeat, is_grpc, open_url
+from sweep.storages import BEAT_ATTR, is_grpc, open_url
+from sweep.study._compat import has_heartbeat, heartbeat_ages as database_heartbeat_ages
 
 from hydra_plugins.sweep_optuna._proposals import ran
 
@@ -36,8 +37,6 @@ __all__ = ["StatusError", "open_readonly", "load_study", "heartbeat_ages", "stud
            "render_text", "render", "show"]
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
-_HEARTBEATS = ("SELECT t.number, h.heartbeat FROM trial_heartbeats h "
-               "JOIN trials t ON t.trial_id = h.trial_id WHERE t.study_id = :study_id")
 
 
 class StatusError(InputError):
@@ -90,21 +89,13 @@ def load_study(storage: optuna.storages.RDBStorage, name: str, url: str) -> optu
 def heartbeat_ages(storage: optuna.storages.RDBStorage, study_id: int) -> Dict[int, float]:
     """Seconds since each trial's last heartbeat (trials that beat), by trial number.
     Behind a gRPC proxy, the beat each job writes into its trial (``sweep.storages``)."""
-    import sqlalchemy
-
     if not has_heartbeat(storage):
         now_s = time.time()
         running = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
         return {t.number: now_s - float(t.user_attrs[BEAT_ATTR]) for t in running
                 if isinstance(t.user_attrs.get(BEAT_ATTR), (int, float))}
 
-    query = sqlalchemy.text(_HEARTBEATS).columns(number=sqlalchemy.Integer,
-                                                 heartbeat=sqlalchemy.DateTime)
-    with storage.engine.connect() as connection:
-        now = connection.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar()
-        rows = connection.execute(query, {"study_id": study_id}).all()
-    now = now.replace(tzinfo=None)  # as Optuna compares them (naive timestamps in PostgreSQL)
-    return {number: (now - beat).total_seconds() for number, beat in rows}
+    return database_heartbeat_ages(storage, study_id)
 
 
 def _num(value: Optional[float]) -> Optional[float]:

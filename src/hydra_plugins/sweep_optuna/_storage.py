@@ -50,14 +50,16 @@ def on_stale_trial(study: optuna.Study, trial) -> None:
                 trial.user_attrs.get("host", trial.user_attrs.get("sweeper_host", "?")))
 
 
-def fail_stale(study: optuna.Study, grace_period: int) -> None:
+def fail_stale(study: optuna.Study, storage: optuna.storages.BaseStorage,
+               grace_period: int) -> None:
     """Trials whose job went silent -> FAIL: Optuna's heartbeats on a database; on a gRPC
     proxy (no heartbeats), the beat each job writes into its trial (``sweep.storages``)."""
-    from sweep.storages import has_heartbeat, silent_trials
+    from sweep.storages import silent_trials
+    from sweep.study._compat import has_heartbeat
 
     from hydra_plugins.sweep_optuna._proposals import tell_fail
 
-    if has_heartbeat(study._storage):
+    if has_heartbeat(storage):
         optuna.storages.fail_stale_trials(study)  # calls on_stale_trial
         return
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
