@@ -1,10 +1,11 @@
-# sweep: `make run` sets up .venv and runs the default sweep; `make test` runs every test.
+# sweep: `make run` sets up .venv and runs the default sweep; `make test` runs every test
+# (what .ci/run calls); `make test-fast` the fast tier for the developer loop (-m "not slow").
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser run test bench clean constraints
+.PHONY: setup browser run test test-fast bench clean constraints
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +32,9 @@ browser:
 
 test: setup browser
 	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
 
 bench: setup
 	$(BIN)/pip install --quiet 'torch==2.13.0' 'peft>=0.13'

@@ -144,7 +144,8 @@ def postmaster_pid(pg) -> int:
 def run_case(pg, server, mode: str, n: int, args, root: Path) -> Dict[str, Any]:
     import optuna
 
-    from hydra_plugins.sweep_optuna._proposals import (PROPOSAL_ATTR, TAKEN, config_key, ran)
+    from hydra_plugins.sweep_optuna._proposals import PROPOSAL_ATTR, config_key
+    from sweep.study.trials import TAKEN, ran
 
     database = f"optuna_{mode}_{n}"
     subprocess.run([str(pg_bindir() / "createdb"), "-h", "127.0.0.1", "-p", str(pg.port),

@@ -55,7 +55,7 @@ def machine() -> str:
         pass
     import mlx.core as mx
 
-    from sweep.blas import blas_choice
+    from sweep.runtime.blas import blas_choice
 
     return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}, "
             f"Python {platform.python_version()}, mlx {mx.__version__}, "
@@ -133,7 +133,7 @@ def ours(model_dir_cfg, texts: List[str], args) -> Dict[str, float]:
 
 def mlx_lm_cli(model_dir: str, data: Path, work: Path, args) -> Dict[str, float]:
     """The ``mlx_lm.lora`` CLI on the same model, texts and LoRA, with the same BLAS."""
-    from sweep.blas import blas_choice
+    from sweep.runtime.blas import blas_choice
 
     config = work / "lora.yaml"
     config.write_text(json.dumps({

@@ -103,8 +103,8 @@ def replay(curves: Curves, grid: Dict[str, List], strategy: str, seed: int, iter
     told FAIL, which TPE ignores)."""
     import optuna
 
-    from sweep.optuna_link import build_pruner
-    from sweep.pruning import examples_attr
+    from sweep.study.link import build_pruner
+    from sweep.study.pruning import examples_attr
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     distributions = {k: optuna.distributions.CategoricalDistribution(v) for k, v in grid.items()}

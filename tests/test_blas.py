@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sweep.blas import blas_choice, pick, provider_of
+from sweep.runtime.blas import blas_choice, pick, provider_of
 
 linux_x86 = pytest.mark.skipif(
     not (sys.platform.startswith("linux") and platform.machine() == "x86_64"),
@@ -47,7 +47,7 @@ def test_fast_blas_is_chosen_and_resolves_cblas_sgemm() -> None:
 
 @linux_x86
 def test_mlx_matmul_calls_openblas_through_the_shim() -> None:
-    code = (SETUP + "import mlx.core as mx; from sweep.blas import shim_calls, blas_choice; "
+    code = (SETUP + "import mlx.core as mx; from sweep.runtime.blas import shim_calls, blas_choice; "
             "before = shim_calls(); a = mx.ones((256, 256)); mx.eval(a @ a); "
             "print(blas_choice().name, before, shim_calls())")
     name, before, after = _python(code, SWEEP_BLAS="openblas").split()
@@ -72,7 +72,7 @@ def test_pick_keeps_openblas_unless_another_is_clearly_faster() -> None:
 
 @linux_x86
 def test_auto_measures_both_once_and_keeps_the_faster(tmp_path: Path) -> None:
-    code = SETUP + "from sweep.blas import blas_choice; print(blas_choice().name)"
+    code = SETUP + "from sweep.runtime.blas import blas_choice; print(blas_choice().name)"
     first = _python(code, SWEEP_CACHE=str(tmp_path), SWEEP_BLAS="auto").strip()
     [record] = (tmp_path / "blas").glob("*.json")
     saved = json.loads(record.read_text())
@@ -87,7 +87,7 @@ def test_auto_measures_both_once_and_keeps_the_faster(tmp_path: Path) -> None:
 
 @linux_x86
 def test_reference_blas_when_mlx_imported_before_setup_is_reported_and_warned() -> None:
-    code = ("import mlx.core as mx; " + SETUP + "from sweep.blas import blas_choice; "
+    code = ("import mlx.core as mx; " + SETUP + "from sweep.runtime.blas import blas_choice; "
             "print(blas_choice().fast, blas_choice().describe())")
     out = _run(code, MKL_VERBOSE="0")
     assert out.stdout.startswith("False") and "call setup() before importing mlx" in out.stdout
@@ -97,6 +97,6 @@ def test_reference_blas_when_mlx_imported_before_setup_is_reported_and_warned() 
 @linux_x86
 def test_asking_which_blas_loads_none() -> None:
     """``blas_choice()`` only reports: before ``setup()`` no BLAS is loaded, none chosen."""
-    code = ("from sweep.blas import blas_choice; print(blas_choice().name, "
+    code = ("from sweep.runtime.blas import blas_choice; print(blas_choice().name, "
             "any('blas' in line or 'mkl' in line for line in open('/proc/self/maps')))")
     assert _python(code).split() == ["none", "False"]

@@ -106,7 +106,7 @@ def test_token_cross_entropy_matches_mlx() -> None:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="g++ kernels: Linux CPU")
 def test_fused_kernels_are_built_for_this_cpu() -> None:
-    from sweep.native_kernels import native_kernels_dir
+    from sweep.runtime.kernels import native_kernels_dir
 
     base = native_kernels_dir()
     assert base is not None

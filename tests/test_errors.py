@@ -29,7 +29,7 @@ def test_first_line_prefers_the_drivers_own_error() -> None:
 
 def test_a_job_that_cannot_beat_past_the_grace_period_stops(tmp_path: Path, caplog) -> None:
     from sweep.config.schema import TrialLink
-    from sweep.optuna_link import (GRACE_ATTR, HEARTBEAT_ATTR, HeartbeatLost, open_link)
+    from sweep.study.link import (GRACE_ATTR, HEARTBEAT_ATTR, HeartbeatLost, open_link)
     from sweep.training.events import TrainReport
 
     url = f"sqlite:///{tmp_path}/o.db"

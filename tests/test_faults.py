@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from conftest import ROOT, tiny_overrides
-from hydra_plugins.sweep_optuna._proposals import ran
+from sweep.study.trials import ran
 from sweep.paths import sqlite_init_lock
 
 pytestmark = pytest.mark.slow

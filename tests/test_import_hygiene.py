@@ -24,8 +24,8 @@ linux_x86 = pytest.mark.skipif(
 )
 
 # Every module a config test, Hydra's plugin scan or a console script's import touches.
-MODULES = ("sweep", "sweep.config", "sweep.runtime", "sweep.blas", "sweep.native_kernels",
-           "sweep.allocator", "sweep.paths", "sweep.cli", "sweep.cli.sweep", "sweep.cli.eval",
+MODULES = ("sweep", "sweep.config", "sweep.runtime", "sweep.runtime.blas", "sweep.runtime.kernels",
+           "sweep.runtime.allocator", "sweep.paths", "sweep.cli", "sweep.cli.sweep", "sweep.cli.eval",
            "sweep.cli.export", "sweep.cli.chat", "hydra_plugins.sweep_optuna",
            "hydra_plugins.sweep_optuna.optuna_sweeper", "hydra_plugins.sweep_optuna.config")
 
@@ -61,7 +61,7 @@ print(json.dumps({
     "mlx_modules": sorted(m for m in sys.modules if m == "mlx" or m.startswith("mlx.")),
     "libraries": sorted({line.split()[-1] for line in maps if ".so" in line and any(
         word in line.lower() for word in ("blas", "mkl", "mlx", "sweep"))}),
-    "heap_tuned": sys.modules["sweep.allocator"]._done,
+    "heap_tuned": sys.modules["sweep.runtime.allocator"]._done,
 }))
 """
 
@@ -76,7 +76,7 @@ start = time.perf_counter()
 again = sweep.runtime.setup()
 second_call = time.perf_counter() - start
 import mlx.core as mx
-from sweep.blas import provider_of
+from sweep.runtime.blas import provider_of
 f = mx.compile(lambda x: mx.exp(x * 1.2345) - 0.5)
 mx.eval(f(mx.ones((64,))))
 SHOW = "import json, os; print(json.dumps({k: os.environ.get(k) for k in ('PATH', 'TMPDIR')}))"
@@ -152,7 +152,7 @@ def test_every_command_sets_the_runtime_up(module: str) -> None:
     the runtime up before Hydra runs anything: ``--cfg job`` runs no task."""
     code = (f"import json, sys; sys.argv = ['x', '--cfg', 'job']; from {module} import main\n"
             "main()\n"
-            "from sweep.blas import blas_choice; from sweep.native_kernels import "
+            "from sweep.runtime.blas import blas_choice; from sweep.runtime.kernels import "
             "native_kernels_dir\n"
             "print(json.dumps([blas_choice().name, str(native_kernels_dir())]))")
     name, kernels = _python(code)

@@ -21,7 +21,7 @@ from conftest import ROOT
 from sweep.config.schema import LoraConfig, OptimizerConfig
 from sweep.data.batches import tokenize, truncation
 from sweep.models.loader import load_base
-from sweep.pruning import PairedMedianPruner, examples_attr
+from sweep.study.pruning import PairedMedianPruner, examples_attr
 from sweep.stats import example_record, paired_loss_difference
 from sweep.stats import token_weighted
 from sweep.training.lora import apply_lora, save_adapter

@@ -22,7 +22,8 @@ from optuna.trial import TrialState
 from conftest import ROOT
 from hydra_plugins.sweep_optuna import _proposals
 from hydra_plugins.sweep_optuna._impl import SweeperImpl
-from hydra_plugins.sweep_optuna._proposals import SpaceExhausted, suggest, tell_fail, trial_seed
+from hydra_plugins.sweep_optuna._proposals import SpaceExhausted, suggest, trial_seed
+from sweep.study.trials import tell_fail
 from hydra_plugins.sweep_optuna._search_space import SearchSpace, grid_values, parse_search_space
 from hydra_plugins.sweep_optuna.config import Sampler, SweepOptunaConf
 

@@ -20,7 +20,7 @@ from typing import Dict, Iterator
 import optuna
 import pytest
 
-from sweep.storages import BEAT_ATTR, grpc_address, silent_trials
+from sweep.study.storages import BEAT_ATTR, grpc_address, silent_trials
 from sweep.testing.zero_cost import TARGET as ZERO_COST, objective
 
 BIN = Path(sys.executable).parent

@@ -81,7 +81,7 @@ def sqlite_init_lock(url: str) -> Iterator[None]:
     MLflow and Optuna create their tables (alembic migrations) the first time a process
     opens a fresh database; two processes doing it at once fail with ``UNIQUE constraint
     failed: alembic_version``. Hold this around the first use of a store. Other stores: no
-    lock here (sweep.locks.init_lock takes an advisory lock for PostgreSQL)."""
+    lock here (sweep.study.locks.init_lock takes an advisory lock for PostgreSQL)."""
     with sqlite_lock(url, "init-lock"):
         yield
 

@@ -79,7 +79,7 @@ def _from_sweep(folder: Path, spec: str, client) -> Target:
         raise TargetError(f"target={spec}: its study's database {database} does not exist "
                           "(run from the folder the sweep ran in, or name the trial's run id)")
     try:
-        from sweep.storages import open_url
+        from sweep.study.storages import open_url
 
         study = optuna.load_study(study_name=str(name), storage=open_url(str(storage)))
     except Exception as error:

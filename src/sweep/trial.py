@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
 from omegaconf import DictConfig
 
-from sweep.blas import blas_choice
+from sweep.runtime.blas import blas_choice
 from sweep.config import flatten, to_typed
 from sweep.config.schema import SweepConfig
 from sweep.training.events import Listener, Listeners, TrainResult

@@ -4,7 +4,7 @@ Each worker (this process, the extra processes it may start, or the same command
 elsewhere against the same storage) asks Optuna for one trial at a time and launches
 it as soon as it is free: no blocking batches. ``n_trials`` counts the finished trials
 of the whole study, so re-running the command resumes it. The job tells Optuna how its
-trial ended (``sweep.optuna_link``); a trial whose job died is set to FAIL here.
+trial ended (``sweep.study.link``); a trial whose job died is set to FAIL here.
 
 No trial repeats another's configuration: proposals come from ``_proposals.Proposer``,
 which this loop builds and calls but which knows nothing of launching.
@@ -32,12 +32,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweep.study._compat import job_error
 from sweep.testing.faults import point
-from sweep.locks import study_lock
-from sweep.optuna_link import GRACE_ATTR, HEARTBEAT_ATTR, PRUNER_ATTR, build_pruner
+from sweep.study.locks import study_lock
+from sweep.study.link import GRACE_ATTR, HEARTBEAT_ATTR, PRUNER_ATTR, build_pruner
+
+from sweep.study.trials import frozen_trial, owner_died, ran, tell_fail
 
 from hydra_plugins.sweep_optuna._proposals import (Proposer, QuotaReached, SpaceExhausted,
-                                                   SweepAborted, build_sampler, frozen_trial,
-                                                   hydra_value, owner_died, ran, tell_fail)
+                                                   SweepAborted, build_sampler, hydra_value)
 from hydra_plugins.sweep_optuna._search_space import (SearchSpace, SearchSpaceError,
                                                       parse_search_space)
 from hydra_plugins.sweep_optuna._storage import (fail_stale, lost_message, open_storage,

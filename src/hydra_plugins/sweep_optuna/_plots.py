@@ -32,8 +32,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.study.winner import best_trials
-
-from hydra_plugins.sweep_optuna._proposals import ran
+from sweep.study.trials import ran
 
 __all__ = ["write_plots", "history_figure", "parallel_figure", "importance_figure",
            "intermediate_figure", "pareto_figure", "importances", "objective_names",

@@ -17,33 +17,29 @@ import os
 import random
 import socket
 import time
-from typing import Any, Dict, List, Mapping, Optional, Set, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 
 import optuna
 from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
                                   IntDistribution)
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
-from sweep.study._compat import draw_unrecorded, enqueued_params, suggesting, tell_quietly
+from sweep.study._compat import draw_unrecorded, enqueued_params, suggesting
+from sweep.study.trials import (TAKEN, frozen_trial, owner_died, ran, tell_fail,
+                                 tell_not_run)
 
 from hydra_plugins.sweep_optuna._search_space import SearchSpace, grid_values
 
-__all__ = ["SweepAborted", "SpaceExhausted", "Proposer", "build_sampler", "trial_seed",
-           "suggest", "config_key", "finite_points", "hydra_value", "owner_died",
-           "frozen_trial", "tell_fail", "ran", "TAKEN", "MAX_DRAWS", "MAX_POINTS",
-           "EARLIER_TRIALS_WAIT", "NOT_RUN_ATTR", "PROPOSAL_ATTR", "QuotaReached"]
+__all__ = ["SweepAborted", "SpaceExhausted", "QuotaReached", "Proposer", "build_sampler",
+           "trial_seed", "suggest", "config_key", "finite_points", "hydra_value", "MAX_DRAWS",
+           "MAX_POINTS", "EARLIER_TRIALS_WAIT", "PROPOSAL_ATTR"]
 
 log = logging.getLogger("sweep.sweeper")
 
-# configurations not to propose again (a FAILed one may rerun)
-TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 MAX_DRAWS = 20  # draws of one trial before taking a free point of a discrete space at random
 MAX_POINTS = 100_000  # larger discrete spaces are not listed
 EARLIER_TRIALS_WAIT = 30.0  # seconds a trial waits for the params of the trials before it
 WAIT_FIRST, WAIT_MOST = 0.05, 0.5  # seconds between its looks: the first, the longest
-# user attr of a trial that was asked but never launched (n_trials already taken by others,
-# the last configurations taken): FAIL in Optuna, left out of counts, rates and reports
-NOT_RUN_ATTR = "not_run"
 PROPOSAL_ATTR = "proposal_seconds"  # user attr: {"ask": study.ask(), "total": to params}
 
 
@@ -57,11 +53,6 @@ class SpaceExhausted(Exception):
 
 class QuotaReached(Exception):
     """Other processes took the last of ``n_trials`` between our count and our ask."""
-
-
-def ran(t: FrozenTrial) -> bool:
-    """False for a trial that was asked but never launched (``NOT_RUN_ATTR``)."""
-    return NOT_RUN_ATTR not in t.user_attrs
 
 
 def build_sampler(name: str, kwargs: Dict[str, Any], seed: int, space: SearchSpace,
@@ -164,46 +155,6 @@ def hydra_value(value: Any) -> str:
     text = str(value)
     return text if text.replace("_", "").replace("-", "").replace(".", "").isalnum() \
         else "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def tell_fail(study: optuna.Study, trial: Union[optuna.trial.Trial, int],
-              reason: Optional[str] = None) -> None:
-    """Ends ``trial`` as FAIL (if it is still running), with ``reason`` as its fail_reason
-    (needs the Trial). No sampler hook runs: GridSampler's after_trial calls study.stop(),
-    which raises RuntimeError outside optimize(); on FAIL no other sampler's hook acts."""
-    if reason is not None:
-        trial.set_user_attr("fail_reason", reason[:1000])
-    tell_quietly(study, trial, state=TrialState.FAIL)
-
-
-def tell_not_run(study: optuna.Study, trial: optuna.trial.Trial, reason: str) -> None:
-    """FAIL, marked as a trial that was never launched (``ran`` is False for it)."""
-    trial.set_user_attr(NOT_RUN_ATTR, True)
-    tell_fail(study, trial, reason)
-
-
-def _pid_alive(pid: Any) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, ValueError, TypeError):
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def owner_died(t: FrozenTrial, host: str) -> bool:
-    """The trial's job or sweeper process was on this host and is gone."""
-    owner_pid = t.user_attrs.get("pid", t.user_attrs.get("sweeper_pid"))
-    owner_host = t.user_attrs.get("host", t.user_attrs.get("sweeper_host"))
-    if owner_pid is None:  # just asked: its host is written before its pid (CI: a trial
-        return False       # failed by another worker in between, mid-proposal)
-    return owner_host == host and not _pid_alive(owner_pid)
-
-
-def frozen_trial(study: optuna.Study, number: int) -> FrozenTrial:
-    """Trial ``number`` of ``study`` as stored now."""
-    return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
 
 
 class Proposer:

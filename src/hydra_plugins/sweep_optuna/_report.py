@@ -26,7 +26,9 @@ from optuna.trial import FrozenTrial, TrialState
 from sweep.testing.faults import point
 from sweep.study.winner import best_trials
 
-from hydra_plugins.sweep_optuna._proposals import SweepAborted, ran
+from sweep.study.trials import ran
+
+from hydra_plugins.sweep_optuna._proposals import SweepAborted
 from hydra_plugins.sweep_optuna._search_space import SearchSpace
 
 log = logging.getLogger("sweep.sweeper")

@@ -11,7 +11,7 @@ import logging
 import optuna
 
 from sweep.errors import first_line
-from sweep.locks import init_lock
+from sweep.study.locks import init_lock
 from sweep.paths import ensure_sqlite_folder, mask_password
 
 from hydra_plugins.sweep_optuna._proposals import SweepAborted
@@ -25,9 +25,9 @@ log = logging.getLogger("sweep.sweeper")
 def open_storage(url: str, heartbeat_interval: int, grace_period: int
                  ) -> optuna.storages.BaseStorage:
     """A database (``RDBStorage`` with heartbeats) or a gRPC storage proxy
-    (``grpc://host:port``, see :mod:`sweep.storages`)."""
+    (``grpc://host:port``, see :mod:`sweep.study.storages`)."""
     from sweep.errors import SweepError
-    from sweep.storages import open_url
+    from sweep.study.storages import open_url
 
     try:
         ensure_sqlite_folder(url, "hydra.sweeper.storage")
@@ -53,11 +53,11 @@ def on_stale_trial(study: optuna.Study, trial) -> None:
 def fail_stale(study: optuna.Study, storage: optuna.storages.BaseStorage,
                grace_period: int) -> None:
     """Trials whose job went silent -> FAIL: Optuna's heartbeats on a database; on a gRPC
-    proxy (no heartbeats), the beat each job writes into its trial (``sweep.storages``)."""
-    from sweep.storages import silent_trials
+    proxy (no heartbeats), the beat each job writes into its trial (``sweep.study.storages``)."""
+    from sweep.study.storages import silent_trials
     from sweep.study._compat import has_heartbeat
 
-    from hydra_plugins.sweep_optuna._proposals import tell_fail
+    from sweep.study.trials import tell_fail
 
     if has_heartbeat(storage):
         optuna.storages.fail_stale_trials(study)  # calls on_stale_trial

@@ -1,5 +1,5 @@
 """``sweep-proxy``: Optuna's gRPC storage proxy in front of ``hydra.sweeper.storage``
-(:mod:`sweep.proxy`), composed like ``sweep`` so the same storage override applies:
+(:mod:`sweep.study.proxy`), composed like ``sweep`` so the same storage override applies:
 
     sweep-proxy hydra.sweeper.storage=postgresql+psycopg://sweep@db/optuna proxy.port=13000
 
@@ -27,7 +27,7 @@ def app(cfg: DictConfig) -> None:
     import logging
 
     from sweep.config import ConfigError
-    from sweep.proxy import serve
+    from sweep.study.proxy import serve
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s")
     try:

@@ -1,5 +1,5 @@
 """``sweep-status``: a study's progress, from any machine that reaches its storage
-(:mod:`hydra_plugins.sweep_optuna._status`): trials by state, the best so far, the running
+(:mod:`sweep.study.status`): trials by state, the best so far, the running
 trials with their host, pid, age, last value and heartbeat, the recent failures. The study
 is the one ``sweep -m`` with the same overrides works (``hydra.sweeper.storage``,
 ``hydra.sweeper.study_name``, ``hparams_search=...``). ``status.watch=SECONDS`` prints
@@ -50,7 +50,7 @@ def _settings(cfg: DictConfig):
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def app(cfg: DictConfig) -> None:
-    from hydra_plugins.sweep_optuna._status import show
+    from sweep.study.status import show
 
     watch: Optional[float] = None
     try:

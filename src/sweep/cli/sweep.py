@@ -47,7 +47,7 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: list) -> float:
     # A launcher may run the job in a process of its own that never went through
     # sweep.cli.main (joblib's loky workers, submitit's SLURM jobs); a no-op otherwise.
     runtime.setup()
-    from sweep.optuna_link import TrialPruned, objective_values, open_link
+    from sweep.study.link import TrialPruned, objective_values, open_link
 
     run_trial = trial_runner(cfg)
 

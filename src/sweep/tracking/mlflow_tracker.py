@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from sweep.config.schema import MlflowConfig
-from sweep.locks import init_lock
+from sweep.study.locks import init_lock
 from sweep.paths import ensure_sqlite_folder, mask_password, sqlite_file
 from sweep.training.events import EvalReport, Listener, TrainReport
 

@@ -7,7 +7,7 @@ mlx-lm's models land there during a training step:
 - ``mx.fast.scaled_dot_product_attention`` falls back to an unfused softmax (14 ms for
   one layer's 4x9x160x160 scores here). Written from matmuls, ``exp`` and sums inside
   the compiled step, the softmax is one fused, vectorised kernel (3 ms; see
-  :mod:`sweep.native_kernels`).
+  :mod:`sweep.runtime.kernels`).
 - ``swiglu`` (``silu(gate) * x``): the backward pass reads the forward's
   ``sigmoid(gate)``, and ``mx.compile`` does not fuse an array that has consumers
   outside the fused group, so the sigmoid ran alone and unvectorised (16 of them per

@@ -4,7 +4,7 @@ its standard error over examples.
 A trial's objective must be above the noise of the examples it is measured on, so every
 evaluation keeps each example's loss: the final value covers the whole split and carries
 ``val_loss_se``, and the pruner compares trials example by example
-(:mod:`sweep.pruning`).
+(:mod:`sweep.study.pruning`).
 """
 
 from __future__ import annotations

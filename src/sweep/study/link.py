@@ -41,7 +41,7 @@ def build_pruner(name: str, kwargs: Dict[str, Any]):
     the ``Study`` object, not in the storage."""
     import optuna
 
-    from sweep.pruning import PairedMedianPruner
+    from sweep.study.pruning import PairedMedianPruner
 
     # median: prune from the second trial on (Optuna's default waits for 5). With the
     # short sweeps this tool runs by default (6 trials) every startup trial is a trial
@@ -103,10 +103,10 @@ class OptunaTrialLink:
     def __init__(self, link: TrialLink):
         import optuna
 
-        from sweep.storages import is_grpc, open_url
+        from sweep.study.storages import is_grpc, open_url
         from sweep.study._compat import has_heartbeat
 
-        if is_grpc(link.storage):  # one channel; beats go into the trial (sweep.storages)
+        if is_grpc(link.storage):  # one channel; beats go into the trial (sweep.study.storages)
             self.storage = open_url(link.storage)
             study_id = self.storage.get_study_id_from_name(link.study_name)
             attrs = self.storage.get_study_user_attrs(study_id)
@@ -141,7 +141,7 @@ class OptunaTrialLink:
     def _heartbeat(self) -> None:
         """A beat at once, then every interval: Optuna fails only trials that have beaten
         (a job killed before its first beat would stay RUNNING on another machine)."""
-        from sweep.storages import BEAT_ATTR
+        from sweep.study.storages import BEAT_ATTR
 
         while True:
             try:
@@ -178,7 +178,7 @@ class OptunaTrialLink:
 
     def report(self, report: EvalReport) -> None:
         # Step = micro-batches seen, so trials with different accumulation line up.
-        from sweep.pruning import examples_attr
+        from sweep.study.pruning import examples_attr
         from sweep.stats import example_record
 
         if self.multi_objective or report.step == 0:

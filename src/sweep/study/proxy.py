@@ -24,7 +24,7 @@ from typing import Any
 
 __all__ = ["serve"]
 
-log = logging.getLogger("sweep.proxy")
+log = logging.getLogger("sweep.study.proxy")
 
 
 class _Stopped(Exception):
@@ -41,9 +41,9 @@ def serve(storage_url: str, host: str, port: int, threads: int) -> None:
     from optuna.storages import run_grpc_proxy_server
 
     from sweep.errors import InputError, first_line
-    from sweep.locks import init_lock
+    from sweep.study.locks import init_lock
     from sweep.paths import ensure_sqlite_folder, mask_password
-    from sweep.storages import is_grpc  # (and its warning filter)
+    from sweep.study.storages import is_grpc  # (and its warning filter)
 
     from sweep.secrets import refuse_in_values
 

@@ -9,15 +9,15 @@ Once per process; a second call returns the first one's :class:`Runtime` at once
 
 It does three things, on Linux (elsewhere MLX needs none of them):
 
-1. **Heap** (:mod:`sweep.allocator`): glibc keeps freed blocks up to 32 MB for reuse, so
+1. **Heap** (:mod:`sweep.runtime.allocator`): glibc keeps freed blocks up to 32 MB for reuse, so
    MLX's arrays do not page-fault on every allocation.
-2. **BLAS** (:mod:`sweep.blas`): the fastest of OpenBLAS and MKL is loaded with
+2. **BLAS** (:mod:`sweep.runtime.blas`): the fastest of OpenBLAS and MKL is loaded with
    ``RTLD_GLOBAL`` (measured once per CPU model, in subprocesses, the OpenBLAS shim built
    once with ``cc``). This one must come *before* ``mlx.core`` is first imported:
    libmlx's ``cblas_sgemm`` is bound when it is loaded. If mlx was imported first,
    ``setup()`` cannot change it and warns (``RuntimeWarning``) with what to do; the
    trial's log and its MLflow ``blas`` parameter say which BLAS it got.
-3. **Fused kernels for this CPU** (:mod:`sweep.native_kernels`): MLX builds them with
+3. **Fused kernels for this CPU** (:mod:`sweep.runtime.kernels`): MLX builds them with
    ``g++`` found on ``PATH`` (a wrapper adds ``-march=native``) into
    ``$TMPDIR/mlx/<version>/cpu`` (its own folder per CPU model and flags).
 
@@ -47,9 +47,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from sweep.allocator import keep_freed_memory
-from sweep.blas import BlasChoice, use_fast_blas
-from sweep.native_kernels import use_native_kernels
+from sweep.runtime.allocator import keep_freed_memory
+from sweep.runtime.blas import BlasChoice, use_fast_blas
+from sweep.runtime.kernels import use_native_kernels
 
 __all__ = ["Runtime", "setup"]
 

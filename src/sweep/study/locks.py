@@ -27,7 +27,7 @@ from sweep.paths import sqlite_file, sqlite_init_lock, sqlite_lock
 
 __all__ = ["init_lock", "study_lock", "advisory_lock"]
 
-log = logging.getLogger("sweep.locks")
+log = logging.getLogger("sweep.study.locks")
 
 
 def _key(name: str) -> int:

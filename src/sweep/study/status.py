@@ -26,12 +26,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweep.errors import InputError, first_line
 from sweep.study.winner import best_trials
-from sweep.optuna_link import HEARTBEAT_ATTR
+from sweep.study.link import HEARTBEAT_ATTR
 from sweep.paths import mask_password, sqlite_file
-from sweep.storages import BEAT_ATTR, is_grpc, open_url
+from sweep.study.storages import BEAT_ATTR, is_grpc, open_url
 from sweep.study._compat import has_heartbeat, heartbeat_ages as database_heartbeat_ages
-
-from hydra_plugins.sweep_optuna._proposals import ran
+from sweep.study.trials import ran
 
 __all__ = ["StatusError", "open_readonly", "load_study", "heartbeat_ages", "study_status",
            "render_text", "render", "show"]
@@ -88,7 +87,7 @@ def load_study(storage: optuna.storages.RDBStorage, name: str, url: str) -> optu
 
 def heartbeat_ages(storage: optuna.storages.RDBStorage, study_id: int) -> Dict[int, float]:
     """Seconds since each trial's last heartbeat (trials that beat), by trial number.
-    Behind a gRPC proxy, the beat each job writes into its trial (``sweep.storages``)."""
+    Behind a gRPC proxy, the beat each job writes into its trial (``sweep.study.storages``)."""
     if not has_heartbeat(storage):
         now_s = time.time()
         running = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
