@@ -106,6 +106,15 @@ def test_bad_input_exits_2_with_one_clear_line(tmp_path: Path, qa_file: Path, ov
     assert "Traceback" not in out.stdout + out.stderr
 
 
+def test_a_meaningless_trial_exits_3_not_2(tmp_path: Path, qa_file: Path) -> None:
+    """Bad input (exit 2) and a trial that ran but means nothing (exit 3) are told apart."""
+    out = run_cli(*tiny_overrides(tmp_path, qa_file), "train.max_seq_length=12",
+                  f"hydra.run.dir={tmp_path}/run", cwd=ROOT)
+    said = out.stdout + out.stderr
+    assert out.returncode == 3, said[-2000:]
+    assert "no answer token left" in said and "Traceback" not in said
+
+
 def test_bad_record_exits_2_naming_file_and_line(tmp_path: Path, qa_file: Path) -> None:
     with qa_file.open("a") as f:
         f.write('{"question": "unterminated\n')
