@@ -95,6 +95,7 @@ def test_wheel_carries_conf_data_and_plugin(wheel: Path) -> None:
     packaged = sorted(n[len("sweep/conf/"):] for n in names if n.startswith("sweep/conf/"))
     assert packaged == CONF_FILES
     assert "sweep/data/legal_qa/indian_law_qa.jsonl" in names
+    assert "sweep/runtime/openblas_shim.c" in names  # the BLAS shim is built from it
     assert "sweep/shipping/pyfunc_model.py" in names
     assert {"hydra_plugins/sweep_optuna/config.py",
             "hydra_plugins/sweep_optuna/optuna_sweeper.py"} <= names

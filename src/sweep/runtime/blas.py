@@ -63,34 +63,9 @@ class BlasChoice:
 _choice: BlasChoice | None = None
 _shim_problem = ""  # why the OpenBLAS shim could not be built, if it could not
 
-# Forwarders from the CBLAS names MLX imports to scipy-openblas32's prefixed ones; the
-# counter is read by tests (shim_calls) and costs one relaxed atomic add per call.
-_SHIM_SOURCE = r"""
-typedef int blasint;
-static unsigned long sgemm_calls;
-unsigned long sweep_sgemm_calls(void) { return __atomic_load_n(&sgemm_calls, __ATOMIC_RELAXED); }
-extern void scipy_cblas_sgemm(int, int, int, blasint, blasint, blasint, float, const float *,
-    blasint, const float *, blasint, float, float *, blasint);
-extern void scipy_cblas_dgemm(int, int, int, blasint, blasint, blasint, double, const double *,
-    blasint, const double *, blasint, double, double *, blasint);
-extern void scipy_cblas_cgemm(int, int, int, blasint, blasint, blasint, const void *,
-    const void *, blasint, const void *, blasint, const void *, void *, blasint);
-void cblas_sgemm(int o, int ta, int tb, blasint m, blasint n, blasint k, float alpha,
-    const float *a, blasint lda, const float *b, blasint ldb, float beta, float *c, blasint ldc) {
-  __atomic_fetch_add(&sgemm_calls, 1, __ATOMIC_RELAXED);
-  scipy_cblas_sgemm(o, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-}
-void cblas_dgemm(int o, int ta, int tb, blasint m, blasint n, blasint k, double alpha,
-    const double *a, blasint lda, const double *b, blasint ldb, double beta, double *c,
-    blasint ldc) {
-  scipy_cblas_dgemm(o, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-}
-void cblas_cgemm(int o, int ta, int tb, blasint m, blasint n, blasint k, const void *alpha,
-    const void *a, blasint lda, const void *b, blasint ldb, const void *beta, void *c,
-    blasint ldc) {
-  scipy_cblas_cgemm(o, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-}
-"""
+# The shim's C source (forwarders from MLX's CBLAS names to scipy-openblas32's prefixed
+# ones), shipped beside this module.
+_SHIM_C = Path(__file__).with_name("openblas_shim.c")
 
 # What the measurement times: a LoRA step's typical matmul, the LM head of a 49k
 # vocabulary, and a square one (tokens x hidden @ hidden x out).
@@ -140,21 +115,19 @@ def _scipy_openblas_shim() -> Optional[str]:
                            else f"no libscipy_openblas in {lib_dir}")
         return None
     link_name = libs[0].name[3:].split(".so")[0]
-    key = hashlib.sha1(f"{_SHIM_SOURCE}{libs[0].resolve()}".encode()).hexdigest()[:12]
+    source_text = _SHIM_C.read_text()
+    key = hashlib.sha1(f"{source_text}{libs[0].resolve()}".encode()).hexdigest()[:12]
     folder = paths.cache_root() / "blas"
     shim = folder / f"libsweep-openblas-shim-{key}.so"
     if shim.exists():
         return str(shim)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        source = folder / f"shim-{key}-{os.getpid()}.c"
         staging = folder / f".{shim.name}.{os.getpid()}"
-        source.write_text(_SHIM_SOURCE)
         built = subprocess.run(
-            [compiler, "-O2", "-shared", "-fPIC", str(source), "-o", str(staging),
+            [compiler, "-O2", "-shared", "-fPIC", str(_SHIM_C), "-o", str(staging),
              f"-L{lib_dir}", f"-l{link_name}", f"-Wl,-rpath,{lib_dir}"],
             capture_output=True, text=True, timeout=120)
-        source.unlink(missing_ok=True)
         if built.returncode != 0:
             _note_shim_problem(f"building its shim failed: {built.stderr.strip()[-300:]}")
             return None
