@@ -38,7 +38,7 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/pip install --quiet 'torch==2.13.0' 'peft>=0.13'
-	$(BIN)/python bench/run.py $(ARGS)
+	$(BIN)/python -m bench.run $(ARGS)
 
 # after upgrading .venv and a green `make test`: pin what was tested
 constraints:

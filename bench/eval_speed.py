@@ -2,15 +2,13 @@
 ``sweep-eval`` runs it) against one question at a time (``mlx_lm.generate``), side by
 side in one run, on the shipped data's test questions with the default settings.
 
-    python bench/eval_speed.py [--sequential 8] [--model smollm2_135m]
+    python -m bench.eval_speed [--sequential 8] [--model smollm2_135m]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 from sweep import runtime
 from sweep.config import compose, to_typed
@@ -24,8 +22,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     args = parser.parse_args()
     runtime.setup()  # before mlx is imported
-    sys.path.insert(0, str(Path(__file__).parent))
-    from run import Row, machine, print_table
+    from bench.table import Row, machine, print_table
 
     from mlx_lm import generate
 

@@ -16,7 +16,7 @@ proposal, median and p99, from each trial's ``proposal_seconds``), duplicates, l
 runs left RUNNING, MLflow parent runs, database connections (peak, from
 ``pg_stat_activity``), and the CPU the workers used.
 
-    python bench/load.py [--workers 8,32,64] [--trials-per-worker 3] [--machines 4]
+    python -m bench.load [--workers 8,32,64] [--trials-per-worker 3] [--machines 4]
 """
 
 from __future__ import annotations

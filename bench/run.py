@@ -1,7 +1,7 @@
 """Benchmarks, measured side by side in one run; prints ratios with their goals.
 
-    .venv/bin/python bench/run.py            # everything, SmolLM2-135M (~25 min here)
-    .venv/bin/python bench/run.py --quick    # the tiny model, a smoke test of the harness
+    .venv/bin/python -m bench.run            # everything, SmolLM2-135M (~25 min here)
+    .venv/bin/python -m bench.run --quick    # the tiny model, a smoke test of the harness
 
 Sections: matmul peak; trial throughput against the ``mlx_lm.lora`` CLI (same imported
 model, same texts, batch, length, LoRA keys, rank and layers, same BLAS); against
@@ -16,50 +16,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from bench.table import Row, machine, print_table
 from sweep import paths, runtime
 from sweep.config import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
         "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
-
-
-@dataclass
-class Row:
-    name: str
-    value: float
-    unit: str
-    goal: str = ""
-    passed: Optional[bool] = None
-    detail: str = ""
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import mlx.core as mx
-
-    from sweep.runtime.blas import blas_choice
-
-    return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}, "
-            f"Python {platform.python_version()}, mlx {mx.__version__}, "
-            f"BLAS {blas_choice().name}")
 
 
 def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
@@ -293,8 +264,6 @@ def main() -> None:
     args.steps, args.warmup = (4, 1) if args.quick else (12, 2)
     args.overhead_iters = 4 if args.quick else 16
 
-    sys.path.insert(0, str(ROOT / "bench"))
-
     from sweep.config import to_typed
     from sweep.models.loader import load_base
 
@@ -343,7 +312,7 @@ def main() -> None:
         rows.append(Row("peak RSS, batch 4 x 512 tokens", rss, "GB", "<= 3 GB", rss <= 3.0,
                         f"gradient checkpointing (auto at this size); without: {plain:.2f} GB"))
         if not args.skip_sweep:
-            import sweep_efficiency as eff
+            from bench import sweep_efficiency as eff
 
             grid = {"optimizer.lr": [1e-4, 1e-2], "lora.rank": [4, 8]} if args.quick \
                 else eff.GRID
@@ -359,17 +328,6 @@ def main() -> None:
                 print(f"grid curves saved to {saved} (replay: --curves {saved})")
             rows += [Row(*r) for r in eff.summarise(curves, iters, grid=grid)]
     print_table(rows)
-
-
-def print_table(rows: List[Row]) -> None:
-    print()
-    print(f"| {'measure':<40} | {'value':>10} | {'unit':<9} | {'goal':<9} | met | detail")
-    print(f"|{'-' * 42}|{'-' * 12}|{'-' * 11}|{'-' * 11}|-----|-------")
-    for r in rows:
-        value = f"{r.value:.1%}" if r.unit == "" else f"{r.value:,.4g}" if r.unit == "loss" \
-            else f"{r.value:,.2f}"
-        met = "" if r.passed is None else ("yes" if r.passed else "NO")
-        print(f"| {r.name:<40} | {value:>10} | {r.unit:<9} | {r.goal:<9} | {met:<3} | {r.detail}")
 
 
 if __name__ == "__main__":

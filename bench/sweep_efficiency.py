@@ -9,8 +9,8 @@ real Optuna samplers and the sweeper's own pruners over many seeds, counting the
 micro-batches each one trains (every micro-batch holds the same examples in every trial,
 so micro-batches are compute), and how often the grid's best configuration is pruned.
 
-    python bench/sweep_efficiency.py                 # train the SmolLM2 grid, then replay
-    python bench/sweep_efficiency.py --curves FILE   # replay a saved grid
+    python -m bench.sweep_efficiency                 # train the SmolLM2 grid, then replay
+    python -m bench.sweep_efficiency --curves FILE   # replay a saved grid
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ import itertools
 import json
 import math
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
+
+from bench.table import Row, print_table
 
 GRID = {"optimizer.lr": [3e-5, 1e-4, 3e-4, 1e-3], "lora.rank": [4, 16],
         "train.grad_accumulation": [1, 4]}
@@ -207,9 +208,6 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=4)
     parser.add_argument("--seeds", type=int, default=20)
     args = parser.parse_args()
-    sys.path.insert(0, str(Path(__file__).parent))
-    from run import print_table, Row  # noqa: E402
-
     from sweep import paths, runtime
     from sweep.config import compose
 

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_bench_quick_prints_every_ratio() -> None:
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--quick",
+    out = subprocess.run([sys.executable, "-m", "bench.run", "--quick",
                           "--skip-peft"], cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]
     for row in ["matmul peak", "speed vs mlx_lm.lora", "speed vs PyTorch + PEFT",
@@ -25,7 +25,7 @@ def test_bench_quick_prints_every_ratio() -> None:
 
 
 def test_eval_speed_bench_prints_both_ways() -> None:
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "eval_speed.py"), "--model",
+    out = subprocess.run([sys.executable, "-m", "bench.eval_speed", "--model",
                           "tiny", "--sequential", "2"], cwd=ROOT, capture_output=True, text=True,
                          timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]

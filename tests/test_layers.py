@@ -8,7 +8,8 @@ import ast
 from pathlib import Path
 from typing import Dict, List, Set
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
 
 # lowest first; a module may import its own package and anything below it
 LAYERS = [
@@ -24,16 +25,18 @@ LAYERS = [
     {"sweep.shipping"},
     {"hydra_plugins.sweep_optuna"},
     {"sweep.cli", "sweep.__main__", "sweep"},
+    {"bench"},  # the benchmarks (a package beside src/) sit on top of everything
 ]
 
 
 def modules() -> Dict[str, Path]:
     found = {}
-    for path in sorted(SRC.rglob("*.py")):
-        parts = list(path.relative_to(SRC).with_suffix("").parts)
+    for base, path in [(SRC, p) for p in sorted(SRC.rglob("*.py"))] + \
+            [(ROOT, p) for p in sorted((ROOT / "bench").rglob("*.py"))]:
+        parts = list(path.relative_to(base).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts = parts[:-1]
-        if parts[0] in ("sweep", "hydra_plugins"):
+        if parts[0] in ("sweep", "hydra_plugins", "bench"):
             found[".".join(parts)] = path
     return found
 
