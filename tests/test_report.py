@@ -19,8 +19,8 @@ from optuna.trial import TrialState
 from hydra_plugins.sweep_optuna._plots import (PRUNED_LABEL, history_figure, importance_figure,
                                                importances, intermediate_figure,
                                                parallel_figure, pareto_figure, write_plots)
-from hydra_plugins.sweep_optuna._report import (StudyReport, format_table, leaderboard,
-                                                leaderboard_text)
+from hydra_plugins.sweep_optuna._leaderboard import format_table, leaderboard, leaderboard_text
+from hydra_plugins.sweep_optuna._parent_run import StudyReport
 
 SPACE = {"lora.rank": CategoricalDistribution((4, 8, 16, 32)),
          "optimizer.lr": FloatDistribution(5e-5, 2e-3, log=True),

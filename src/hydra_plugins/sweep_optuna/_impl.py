@@ -4,7 +4,9 @@ Each worker (this process, the extra processes it may start, or the same command
 elsewhere against the same storage) asks Optuna for one trial at a time and launches
 it as soon as it is free: no blocking batches. ``n_trials`` counts the finished trials
 of the whole study, so re-running the command resumes it. The job tells Optuna how its
-trial ended (``sweep.study.link``); a trial whose job died is set to FAIL here.
+trial ended (``sweep.study.link``); a trial whose job died is set to FAIL here. What
+happens to the winner afterwards (held-out evaluation, registration) are Hydra callbacks
+(``sweep.cli.callbacks``), run when this loop has returned.
 
 No trial repeats another's configuration: proposals come from ``_proposals.Proposer``,
 which this loop builds and calls but which knows nothing of launching.
@@ -32,6 +34,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweep.study._compat import job_error
 from sweep.testing.faults import point
+from sweep.study import EVALUATED_ATTR, WORKER_ENV
 from sweep.study.locks import study_lock
 from sweep.study.link import GRACE_ATTR, HEARTBEAT_ATTR, PRUNER_ATTR, build_pruner
 
@@ -43,7 +46,6 @@ from hydra_plugins.sweep_optuna._search_space import (SearchSpace, SearchSpaceEr
                                                       parse_search_space)
 from hydra_plugins.sweep_optuna._storage import (fail_stale, lost_message, open_storage,
                                                  storage_lost)
-from hydra_plugins.sweep_optuna._winner import EVALUATED_ATTR, evaluate_best, register_best
 
 # SweepAborted, build_sampler and hydra_value live in _proposals; callers may import them here
 __all__ = ["SweeperImpl", "SweepAborted", "build_sampler", "hydra_value", "plain", "WORKER_ENV",
@@ -56,7 +58,6 @@ warnings.filterwarnings("ignore", message=".*heartbeat_interval.*experimental")
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 warnings.filterwarnings("ignore", message=".*fail_stale_trials is experimental")
 
-WORKER_ENV = "SWEEP_OPTUNA_WORKER"
 WAIT_POLL = 2.0  # seconds between looks at other processes' running trials
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -262,7 +263,7 @@ class SweeperImpl:
                 for i in range(1, n)]
 
     def sweep(self, arguments: List[str]) -> Any:
-        from hydra_plugins.sweep_optuna._report import StudyReport, check_tracking
+        from hydra_plugins.sweep_optuna._parent_run import StudyReport, check_tracking
 
         try:
             space = parse_search_space(dict(self.settings["params"] or {}), arguments)
@@ -327,7 +328,5 @@ class SweeperImpl:
             raise
         if not os.environ.get(WORKER_ENV):  # sweeps ending together: one after the other
             with study_lock(str(self.settings["storage"]), study.study_name):
-                report.finish()
-                evaluate_best(self.config, study)
-                register_best(self.config, study)
+                report.finish()  # the winner's evaluation and registration: sweep.cli.callbacks
         return results

@@ -4,20 +4,30 @@
 a folder that cannot be made (a file in the way, no permission) is one line naming
 ``hydra.run.dir`` or ``hydra.sweep.dir`` and exit status 2, where Hydra's own ``mkdir``
 would end in a traceback and status 1.
+
+:class:`EvaluateWinner` and :class:`RegisterWinner` are what a finished sweep does with its
+winner: the held-out evaluation of the best trial (``eval.after_sweep``) and its
+registration as an MLflow model (``registry.after_sweep``), each once per winner, after
+the sweeper has returned (the sweep loop itself only runs trials).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sweep.errors import SweepError
 from sweep.paths import ensure_folder
+from sweep.study import EVALUATED_ATTR, WORKER_ENV
 
-__all__ = ["OutputFolder"]
+__all__ = ["OutputFolder", "EvaluateWinner", "RegisterWinner"]
+
+log = logging.getLogger("sweep.sweeper")
 
 
 class OutputFolder(Callback):
@@ -34,3 +44,107 @@ class OutputFolder(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._ensure(config, "hydra.sweep.dir")
+
+
+class _AfterSweep(Callback):
+    """Once the sweep is over (Hydra calls ``on_multirun_end`` only when the sweeper
+    returned: an aborted sweep ends before), in the process the user started (not in the
+    extra workers it launched), for the project's sweeper only, one process at a time per
+    study. Nothing here can fail the sweep, which is done and recorded: a failure is one
+    warning saying how to retry."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if os.environ.get(WORKER_ENV) or not _is_our_sweeper(config):
+            return
+        import optuna
+
+        from sweep.study.locks import study_lock
+        from sweep.study.storages import open_url
+
+        url, name = str(config.hydra.sweeper.storage), str(config.hydra.sweeper.study_name)
+        if not self.wanted(config):
+            return
+        try:
+            study = optuna.load_study(study_name=name, storage=open_url(url))
+        except Exception as error:  # noqa: BLE001
+            log.warning("%s skipped: study %s cannot be read (%s)", self.what, name,
+                        _reason(error))
+            return
+        if len(study.directions) > 1:  # a Pareto front has no single winner to ship
+            return
+        with study_lock(url, name):  # sweeps ending together: one after the other
+            self.after(config, study)
+
+    what = ""
+
+    def wanted(self, config: DictConfig) -> bool:
+        raise NotImplementedError
+
+    def after(self, config: DictConfig, study: Any) -> None:
+        raise NotImplementedError
+
+
+class EvaluateWinner(_AfterSweep):
+    """Held-out evaluation of the best trial (``eval.after_sweep``), once per winner: the
+    test split only reports, it chooses nothing."""
+
+    what = "held-out evaluation of the best trial"
+
+    def wanted(self, config: DictConfig) -> bool:
+        return bool(OmegaConf.select(config, "eval.after_sweep", default=False))
+
+    def after(self, config: DictConfig, study: Any) -> None:
+        from sweep.study.winner import best as winner
+
+        best = winner(study)
+        if best is None:
+            return
+        if study.user_attrs.get(EVALUATED_ATTR) == best.number:
+            log.info("best trial %d was evaluated on the test split already", best.number)
+            return
+        from sweep.evaluation.heldout import evaluate_target, summary
+
+        cfg = config.copy()
+        with open_dict(cfg):
+            cfg.target = best.user_attrs.get("mlflow_run_id") or best.user_attrs.get("output_dir")
+            del cfg["hydra"]
+        try:
+            result = evaluate_target(cfg)
+        except Exception as error:  # noqa: BLE001
+            log.warning("held-out evaluation of best trial %d failed: %s (run sweep-eval "
+                        "target=<this sweep's folder> to retry)", best.number, _reason(error))
+            return
+        study.set_user_attr(EVALUATED_ATTR, best.number)
+        print(summary(result), flush=True)
+
+
+class RegisterWinner(_AfterSweep):
+    """The best trial's adapter as the registered model's ``registry.alias`` version
+    (``registry.after_sweep``), once per winner."""
+
+    what = "registering the best trial"
+
+    def wanted(self, config: DictConfig) -> bool:
+        return bool(OmegaConf.select(config, "registry.after_sweep", default=False))
+
+    def after(self, config: DictConfig, study: Any) -> None:
+        from sweep.shipping.registry import register_best
+
+        try:
+            uri = register_best(config, study)
+        except Exception as error:  # noqa: BLE001
+            log.warning("registering the best trial as an MLflow model failed: %s (re-run "
+                        "the same sweep command to retry)", _reason(error))
+            return
+        if uri:
+            print(f"best adapter registered: mlflow.pyfunc.load_model({uri!r}).predict([...])",
+                  flush=True)
+
+
+def _is_our_sweeper(config: DictConfig) -> bool:
+    target = OmegaConf.select(config, "hydra.sweeper._target_", default="") or ""
+    return str(target).startswith("hydra_plugins.sweep_optuna.")
+
+
+def _reason(error: Exception) -> str:
+    return str(error) if isinstance(error, SweepError) else f"{type(error).__name__}: {error}"

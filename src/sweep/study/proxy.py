@@ -63,7 +63,7 @@ def serve(storage_url: str, host: str, port: int, threads: int) -> None:
     try:
         import grpc  # noqa: F401
     except ImportError:
-        raise InputError("sweep-proxy needs grpcio: pip install 'sweep[proxy]'") from None
+        raise InputError("sweep-proxy needs grpcio: pip install 'lora-sweep[proxy]'") from None
     previous = signal.signal(signal.SIGTERM, _stop)
     log.info("serving %s on grpc://%s:%d (%d threads); workers: "
              "hydra.sweeper.storage=grpc://%s:%d", shown, host, port, threads, host, port)
