@@ -7,20 +7,19 @@ in the test process too, as the commands do.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Callable, List, Sequence
 
 import pytest
 from omegaconf import DictConfig
 
+import harness
 from sweep import runtime
 from sweep.config import CONFIG_DIR, compose
 
 runtime.setup()  # before any test module imports mlx
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = harness.ROOT
 CONF = CONFIG_DIR
 
 
@@ -64,6 +63,14 @@ def tiny_overrides(tmp_path: Path, qa: Path, *extra: str) -> List[str]:
             f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow/m.db", *extra]
 
 
+@pytest.fixture
+def mlflow_store(tmp_path: Path) -> str:
+    """``tiny_overrides``' MLflow store, made from the session's migrated database (its
+    URI): for tests that run commands and do not check how a new store is made."""
+    harness.stores(tmp_path / "mlflow")
+    return f"sqlite:///{tmp_path}/mlflow/m.db"
+
+
 @pytest.fixture(scope="session")
 def tiny_sweep(tmp_path_factory):
     """A real sweep of 2 tiny-model trials, its best trial evaluated (and registered):
@@ -71,17 +78,10 @@ def tiny_sweep(tmp_path_factory):
     MLflow in ``<folder>/m.db``, the sweep's output in ``<folder>/sweep``. Shared by the
     evaluation, export, chat, registry and browser tests."""
     tmp = tmp_path_factory.mktemp("swept")
-    qa = tmp / "qa.jsonl"
-    with qa.open("w") as f:
-        for i in range(50):
-            f.write(json.dumps({"question": f"What does Article {i % 7} protect? ({i})",
-                                "answer": f"Article {i % 7} protects right {i % 3}."}) + "\n")
-    cmd = [sys.executable, "-m", "sweep", "-m", "model=tiny", "data=jsonl", f"data.path={qa}",
-           "data.test_fraction=0.2", "train.iters=8", "train.grad_accumulation=1",
-           "train.eval_every_iters=4", "hydra.sweeper.n_trials=2", "lora.rank=choice(4,8)",
-           "eval.max_tokens=8", f"hydra.sweeper.storage=sqlite:///{tmp}/o.db",
-           "hydra.sweeper.study_name=s", f"mlflow.tracking_uri=sqlite:///{tmp}/m.db",
-           f"hydra.sweep.dir={tmp}/sweep"]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    qa = harness.write_qa(tmp / "qa.jsonl")
+    cmd = harness.sweep_cmd(harness.stores(tmp), "data=jsonl", f"data.path={qa}",
+                            "data.test_fraction=0.2", "train.grad_accumulation=1",
+                            "lora.rank=choice(4,8)", "eval.max_tokens=8", n_trials=2)
+    out = harness.run(cmd)
     assert out.returncode == 0, out.stderr[-3000:]
     return tmp, qa, out

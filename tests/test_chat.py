@@ -6,7 +6,6 @@ one trial of a one-trial sweep, so both a sweep folder and a trial folder are ta
 from __future__ import annotations
 
 import io
-import json
 import re
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from typing import Iterator, List
 
 import pytest
 
+import harness
 from conftest import ROOT, compose_config
 from sweep.shipping.chat import Conversation, chat_loop, chat_session
 
@@ -28,18 +28,13 @@ def trained(tmp_path_factory):
     """A one-trial sweep on the tiny model, trained enough (lr 5e-3, 16 iterations) that it
     answers with words: after a few iterations at the usual rates it answers newlines."""
     tmp = tmp_path_factory.mktemp("chat")
-    qa = tmp / "qa.jsonl"
-    with qa.open("w") as f:
-        for i in range(40):
-            f.write(json.dumps({"question": f"What does Article {i % 7} protect? ({i})",
-                                "answer": f"Article {i % 7} protects right {i % 3}."}) + "\n")
-    cmd = [sys.executable, "-m", "sweep", "-m", "model=tiny", "data=jsonl", f"data.path={qa}",
-           "train.iters=16", "train.grad_accumulation=1", "train.eval_every_iters=8",
-           "train.val_batches=1", "lora.rank=8", "lora.alpha=choice(16)", "optimizer.lr=5e-3",
-           "hydra.sweeper.n_trials=1", "eval.after_sweep=false", "registry.after_sweep=false",
-           f"hydra.sweeper.storage=sqlite:///{tmp}/o.db", "hydra.sweeper.study_name=s",
-           f"mlflow.tracking_uri=sqlite:///{tmp}/m.db", f"hydra.sweep.dir={tmp}/sweep"]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    qa = harness.write_qa(tmp / "qa.jsonl", 40)
+    cmd = harness.sweep_cmd(
+        harness.stores(tmp), "data=jsonl", f"data.path={qa}", "train.iters=16",
+        "train.grad_accumulation=1", "train.eval_every_iters=8", "train.val_batches=1",
+        "lora.rank=8", "lora.alpha=choice(16)", "optimizer.lr=5e-3", "eval.after_sweep=false",
+        "registry.after_sweep=false", n_trials=1)
+    out = harness.run(cmd, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return tmp, tmp / "sweep", tmp / "sweep" / "0"
 

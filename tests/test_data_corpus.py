@@ -10,7 +10,6 @@ import builtins
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -437,22 +436,11 @@ E2E = {
 }
 
 
-@pytest.fixture(scope="module")
-def empty_store(tmp_path_factory) -> Path:
-    """An MLflow SQLite store with its tables made, so that "no run" means something."""
-    from mlflow.tracking import MlflowClient
-
-    db = tmp_path_factory.mktemp("store") / "m.db"
-    MlflowClient(f"sqlite:///{db}").search_experiments()
-    return db
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("make,message", E2E.values(), ids=E2E.keys())
-def test_bad_data_through_the_cli(tmp_path: Path, empty_store: Path, make, message) -> None:
+def test_bad_data_through_the_cli(tmp_path: Path, mlflow_store: str, make, message) -> None:
+    """The store exists with its tables made, so that "no run" means something."""
     path = make(tmp_path)
-    (tmp_path / "mlflow").mkdir()
-    db = Path(shutil.copy(empty_store, tmp_path / "mlflow" / "m.db"))
     cmd = [sys.executable, "-m", "sweep", *tiny_overrides(tmp_path, path),
            f"hydra.run.dir={tmp_path}/run"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -464,6 +452,6 @@ def test_bad_data_through_the_cli(tmp_path: Path, empty_store: Path, make, messa
     assert said.rstrip().endswith(errors[0])  # nothing after it: one line
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{db}")
+    client = MlflowClient(mlflow_store)
     experiments = [e.experiment_id for e in client.search_experiments()]
     assert not client.search_runs(experiments)  # none FINISHED, none at all

@@ -49,7 +49,7 @@ def _default_sigint() -> None:
 
 @pytest.mark.parametrize("sig,status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_stopped_trial_is_killed_not_left_running(tmp_path: Path, qa_file: Path, sig,
-                                                    status) -> None:
+                                                    status, mlflow_store: str) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow/m.db"
     cmd = [sys.executable, "-m", "sweep",
            *tiny_overrides(tmp_path, qa_file, "train.iters=4000"),
@@ -71,7 +71,8 @@ def test_a_stopped_trial_is_killed_not_left_running(tmp_path: Path, qa_file: Pat
     assert [r.info.status for r in _runs(uri)] == ["KILLED"]
 
 
-def test_sigterm_to_a_sweep_leaves_nothing_running(tmp_path: Path, qa_file: Path) -> None:
+def test_sigterm_to_a_sweep_leaves_nothing_running(tmp_path: Path, qa_file: Path,
+                                                   mlflow_store: str) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow/m.db"
     cmd = [sys.executable, "-m", "sweep", "-m",
            *tiny_overrides(tmp_path, qa_file, "train.iters=4000"),
@@ -138,7 +139,8 @@ def test_sweeps_started_at_once_on_fresh_stores(tmp_path: Path, qa_file: Path, n
     ("save_adapter:enospc", "No space left on device"),
 ])
 def test_a_bad_trial_fails_with_its_reason_and_the_sweep_goes_on(tmp_path: Path, qa_file: Path,
-                                                                 fault, reason) -> None:
+                                                                 fault, reason,
+                                                                 mlflow_store: str) -> None:
     import os
 
     cmd = [sys.executable, "-m", "sweep", "-m",
@@ -163,8 +165,8 @@ KILL_POINTS = ["model_import", "train_step", "train_step@3", "evaluation", "eval
                "report"]
 
 
-def test_kill_at_eleven_points_then_the_same_command_completes(tmp_path: Path,
-                                                               qa_file: Path) -> None:
+def test_kill_at_eleven_points_then_the_same_command_completes(tmp_path: Path, qa_file: Path,
+                                                               mlflow_store: str) -> None:
     """SIGKILL at each named point in turn (one run each, resuming the study), then the
     same command without a fault: exactly n_trials finished, none lost or repeated,
     nothing RUNNING, every finished trial's adapter artifact loadable, and the report

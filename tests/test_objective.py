@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import sys
 from pathlib import Path
 
 import mlx.core as mx
@@ -17,7 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from conftest import ROOT
+import harness
 from sweep.config.schema import LoraConfig, OptimizerConfig
 from sweep.data.batches import tokenize, truncation
 from sweep.models.loader import load_base
@@ -118,13 +117,11 @@ def test_truncation_is_counted(tiny) -> None:
 
 
 def sweep_once(tmp: Path, qa: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "sweep", "-m", "model=tiny", "data=jsonl", f"data.path={qa}",
-           "train.iters=8", "train.grad_accumulation=1", "train.eval_every_iters=4",
-           "hydra.sweeper.n_trials=1", "hydra.sweeper.min_trials_for_failure_rate=1",
-           "hydra.sweeper.max_failure_rate=0.0", "lora.rank=choice(4)",
-           f"hydra.sweeper.storage=sqlite:///{tmp}/o.db", "hydra.sweeper.study_name=s",
-           f"mlflow.tracking_uri=sqlite:///{tmp}/m.db", f"hydra.sweep.dir={tmp}/sweep", *extra]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return harness.run(harness.sweep_cmd(
+        harness.stores(tmp), "data=jsonl", f"data.path={qa}", "train.grad_accumulation=1",
+        "train.val_batches=4", "hydra.sweeper.min_trials_for_failure_rate=1",
+        "hydra.sweeper.max_failure_rate=0.0", "lora.rank=choice(4)", *extra, n_trials=1),
+        timeout=600)
 
 
 def failed_reasons(tmp: Path):

@@ -9,7 +9,6 @@ import dataclasses
 import math
 import socket
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
@@ -19,7 +18,8 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from conftest import ROOT
+import harness
+from harness import ROOT
 from hydra_plugins.sweep_optuna import _proposals
 from hydra_plugins.sweep_optuna._impl import SweeperImpl
 from hydra_plugins.sweep_optuna._proposals import SpaceExhausted, suggest, trial_seed
@@ -226,16 +226,14 @@ def test_a_fail_tell_on_the_last_grid_point_does_not_raise(tmp_path: Path,
 
 # -- end to end on the tiny model ----------------------------------------------------
 def command(tmp: Path, *extra: str, n: int = 4, study: str = "s") -> List[str]:
-    # accumulation up to 4: train.iters=4 is at least one optimizer step for every trial
-    return [sys.executable, "-m", "sweep", "-m", "model=tiny", "train.iters=4",
-            "train.val_batches=1", "train.eval_every_iters=4",
-            "train.grad_accumulation=choice(1,2,4)", f"hydra.sweeper.n_trials={n}",
-            f"hydra.sweeper.storage=sqlite:///{tmp}/o.db", f"hydra.sweeper.study_name={study}",
-            f"mlflow.tracking_uri=sqlite:///{tmp}/m.db", f"hydra.sweep.dir={tmp}/sweep", *extra]
+    """What these tests check is the proposals: the trials are the zero-cost runner's."""
+    return harness.zero_cost(harness.sweep_cmd(
+        harness.stores(tmp), "train.grad_accumulation=choice(1,2,4)", *extra, n_trials=n,
+        study=study))
 
 
 def study_of(tmp: Path) -> optuna.Study:
-    return optuna.load_study(study_name="s", storage=f"sqlite:///{tmp}/o.db")
+    return harness.Stores(tmp).study()
 
 
 def configurations(study: optuna.Study) -> List[Tuple]:
@@ -244,13 +242,11 @@ def configurations(study: optuna.Study) -> List[Tuple]:
 
 @pytest.mark.slow
 def test_workers_then_a_resume_never_repeat(tmp_path: Path) -> None:
-    out = subprocess.run(command(tmp_path, "hydra.sweeper.n_workers=2"), cwd=ROOT,
-                         capture_output=True, text=True, timeout=900)
+    out = harness.run(command(tmp_path, "hydra.sweeper.n_workers=2"))
     assert out.returncode == 0, out.stderr[-3000:]
     seen = configurations(study_of(tmp_path))
     assert len(seen) == len(set(seen)) == 4, seen
-    out = subprocess.run(command(tmp_path, n=6), cwd=ROOT, capture_output=True, text=True,
-                         timeout=900)
+    out = harness.run(command(tmp_path, n=6))
     assert out.returncode == 0, out.stderr[-3000:]
     seen = configurations(study_of(tmp_path))
     assert len(seen) == len(set(seen)) == 6, seen
@@ -261,7 +257,7 @@ def test_two_sweeps_started_together_never_repeat(tmp_path: Path) -> None:
     # the study (and its schema) exists first: two processes creating one SQLite schema
     # at once is another race; MLflow off for the same reason
     optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path}/o.db")
-    cmd = command(tmp_path, "mlflow.enabled=false")
+    cmd = command(tmp_path, "mlflow.enabled=false", n=8)  # zero-cost trials: enough for both
     procs = [subprocess.Popen(cmd + [f"hydra.sweep.dir={tmp_path}/sweep{i}"], cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in range(2)]
@@ -269,16 +265,15 @@ def test_two_sweeps_started_together_never_repeat(tmp_path: Path) -> None:
     assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
     s = study_of(tmp_path)
     seen = configurations(s)
-    assert len(seen) == len(set(seen)) >= 4, seen
+    assert len(seen) == len(set(seen)) >= 8, seen
     assert len({t.user_attrs["sweeper_pid"] for t in s.trials}) == 2
 
 
 @pytest.mark.slow
 def test_a_covered_space_stops_the_sweep_cleanly(tmp_path: Path) -> None:
     fixed = ["lora.alpha=16", "optimizer.lr=1e-3", "train.grad_accumulation=1"]  # these win
-    out = subprocess.run(command(tmp_path, *fixed, "lora.rank=choice(4,8)", "mlflow.enabled=false",
-                                 n=3),
-                         cwd=ROOT, capture_output=True, text=True, timeout=900)
+    out = harness.run(command(tmp_path, *fixed, "lora.rank=choice(4,8)", "mlflow.enabled=false",
+                              n=3))
     assert out.returncode == 0, out.stderr[-3000:]
     assert "all 2 configurations of the search space have run" in out.stdout + out.stderr
     s = study_of(tmp_path)

@@ -7,18 +7,16 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import List
 
 import optuna
 import pytest
-from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from conftest import ROOT
-from sweep.testing.zero_cost import TARGET as ZERO_COST
+import harness
+from harness import ROOT
 
 pytestmark = pytest.mark.slow
 SEARCHED = {"lora.rank", "lora.alpha", "optimizer.lr", "train.grad_accumulation"}
@@ -33,30 +31,24 @@ def test_discovery() -> None:
 
 
 def command(tmp: Path, *extra: str, n: int = 4, study: str = "s") -> List[str]:
-    return [sys.executable, "-m", "sweep", "-m", "model=tiny", "train.iters=8",
-            "train.val_batches=2", "train.eval_every_iters=4", f"hydra.sweeper.n_trials={n}",
-            f"hydra.sweeper.storage=sqlite:///{tmp}/o.db", f"hydra.sweeper.study_name={study}",
-            f"mlflow.tracking_uri=sqlite:///{tmp}/m.db", f"hydra.sweep.dir={tmp}/sweep", *extra]
+    """The winner's evaluation and registration are off: tests/test_eval.py and
+    test_registry.py check them on the session's tiny sweep."""
+    return harness.sweep_cmd(harness.stores(tmp), "eval.after_sweep=false",
+                             "registry.after_sweep=false", *extra, n_trials=n, study=study)
 
 
 def run(cmd: List[str], zero_cost: bool = False) -> subprocess.CompletedProcess:
     """``zero_cost``: the jobs skip training (the zero-cost runner, sweep.testing.zero_cost)
     and the sweep its winner's evaluation and registration, for tests of the sweeper alone."""
-    env = dict(os.environ)
-    if zero_cost:
-        cmd = [*cmd, f"runner._target_={ZERO_COST}", "eval.after_sweep=false",
-               "registry.after_sweep=false"]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    return harness.run(harness.zero_cost(cmd) if zero_cost else cmd)
 
 
 def study(tmp: Path, name: str = "s") -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp}/o.db")
+    return harness.Stores(tmp).study(name)
 
 
 def mlflow_runs(tmp: Path):
-    client = MlflowClient(f"sqlite:///{tmp}/m.db")
-    experiment = client.get_experiment_by_name("sweep")
-    return client, client.search_runs([experiment.experiment_id], max_results=1000)
+    return harness.Stores(tmp).runs()
 
 
 def finished(s: optuna.Study) -> List[optuna.trial.FrozenTrial]:

@@ -23,7 +23,7 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def trial(tmp_path: Path, qa_file: Path):
+def trial(tmp_path: Path, qa_file: Path, mlflow_store: str):
     overrides = tiny_overrides(tmp_path, qa_file)
     result = run_trial(compose_config(overrides), tmp_path / "out", overrides=overrides)
     return result, MlflowClient(f"sqlite:///{tmp_path}/mlflow/m.db")
@@ -77,7 +77,7 @@ def test_logged_adapter_loads_in_mlx_lm_and_generates(trial, tmp_path: Path) -> 
     assert cli.returncode == 0, cli.stderr[-2000:]
 
 
-def test_cli_runs_a_trial(tmp_path: Path, qa_file: Path) -> None:
+def test_cli_runs_a_trial(tmp_path: Path, qa_file: Path, mlflow_store: str) -> None:
     out = run_cli(*tiny_overrides(tmp_path, qa_file), f"hydra.run.dir={tmp_path}/run",
                   cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -123,7 +123,8 @@ def test_bad_record_exits_2_naming_file_and_line(tmp_path: Path, qa_file: Path) 
     assert f"{qa_file}:41: invalid JSON" in out.stdout + out.stderr
 
 
-def test_failed_trial_is_marked_failed_in_mlflow(tmp_path: Path, qa_file: Path) -> None:
+def test_failed_trial_is_marked_failed_in_mlflow(tmp_path: Path, qa_file: Path,
+                                                 mlflow_store: str) -> None:
     overrides = tiny_overrides(tmp_path, qa_file, "optimizer=sgd", "optimizer.lr=1e30",
                                "train.max_grad_norm=null")
     with pytest.raises(FloatingPointError):
