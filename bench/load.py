@@ -6,7 +6,7 @@ it (its no-repeat proposal, the ``n_trials`` quota), the job is the Optuna trial
 ``report``/``should_prune`` at each evaluation point, its tell) and records an MLflow child
 run on a real ``mlflow server`` (PostgreSQL backend, served artifacts, basic-auth). Only the
 training is replaced, by the zero-cost trial runner
-(``runner._target_=sweep.testing.zero_cost.run``, ``src/sweep/testing/zero_cost.py``). The N processes are the README's recipe:
+(``runner._target_=sweep.testing.zero_cost.run``, ``src/sweep/testing/zero_cost.py``). The N processes are the recipe in docs/many-machines.md:
 ``--machines`` commands started at once (as on that many machines), each with
 ``hydra.sweeper.n_workers`` processes; the default search (TPE, the ``lora`` space).
 

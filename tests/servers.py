@@ -1,7 +1,7 @@
 """The shared set-up's servers for tests and benchmarks, on 127.0.0.1 only, each in a
 temporary folder and stopped whatever happens: a PostgreSQL 15 cluster with password
 authentication (scram-sha-256, no ``trust``) and ``mlflow server`` on it with served
-artifacts and MLflow's basic-auth app. The commands are the README's recipe."""
+artifacts and MLflow's basic-auth app. The commands are the recipe in docs/many-machines.md."""
 
 from __future__ import annotations
 

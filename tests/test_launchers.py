@@ -1,5 +1,5 @@
-"""Cluster launch recipes (README "Cluster launch"), composed for real: Hydra's joblib
-launcher under our sweeper (composition and one tiny sweep), the SLURM array script
+"""Cluster launch recipes (docs/many-machines.md, "Cluster launch"), composed for real:
+Hydra's joblib launcher under our sweeper (composition and one tiny sweep), the SLURM array script
 ``examples/slurm/sweep_array.sbatch`` (run by bash with a stand-in for ``sweep``, its
 command composed) and the documented submitit override line."""
 
@@ -27,7 +27,7 @@ from sweep.config import CONFIG_DIR, register
 from sweep.secrets import password_in
 
 SBATCH = ROOT / "examples" / "slurm" / "sweep_array.sbatch"
-README = (ROOT / "README.md").read_text()
+DOC = (ROOT / "docs" / "many-machines.md").read_text()  # the page with the launch recipes
 
 
 def hydra_cfg(overrides: List[str]):
@@ -36,10 +36,10 @@ def hydra_cfg(overrides: List[str]):
         return hydra_compose("config", overrides=overrides, return_hydra_config=True)
 
 
-def readme_command(prefix: str) -> List[str]:
-    """The overrides of the README's one command line starting with ``prefix``."""
-    lines = [line for line in README.splitlines() if line.strip().startswith(prefix)]
-    assert len(lines) == 1, f"README: {len(lines)} lines start with {prefix!r}"
+def doc_command(prefix: str) -> List[str]:
+    """The overrides of the page's one command line starting with ``prefix``."""
+    lines = [line for line in DOC.splitlines() if line.strip().startswith(prefix)]
+    assert len(lines) == 1, f"docs/many-machines.md: {len(lines)} lines start with {prefix!r}"
     words = shlex.split(lines[0].split(" #")[0])
     return [w for w in words[words.index("-m") + 1:] if "=" in w]
 
@@ -50,21 +50,22 @@ def test_launchers_are_discovered() -> None:
 
 
 # -- joblib ------------------------------------------------------------------------------
-def test_joblib_composes_as_the_readme_says() -> None:
-    overrides = readme_command(".venv/bin/sweep -m hydra/launcher=joblib")
+def test_joblib_composes_as_the_docs_say() -> None:
+    overrides = doc_command(".venv/bin/sweep -m hydra/launcher=joblib")
     assert overrides[:2] == ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
     cfg = hydra_cfg(overrides)
     assert cfg.hydra.runtime.choices["hydra/launcher"] == "joblib"
     assert cfg.hydra.runtime.choices["hydra/sweeper"] == "sweep_optuna"  # still ours
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
     assert cfg.hydra.launcher.n_jobs == 2 and cfg.hydra.launcher.backend is None
-    # the defaults the README states: one worker per core, loky chosen by the launcher
+    # the defaults the docs state: one worker per core, loky chosen by the launcher
     default = hydra_cfg(["hydra/launcher=joblib"]).hydra.launcher
     assert default.n_jobs == -1 and default.prefer == "processes"
 
 
 @pytest.mark.slow
-def test_a_joblib_sweep_isolates_each_trial(tmp_path: Path, qa_file: Path) -> None:
+def test_a_joblib_sweep_isolates_each_trial(tmp_path: Path, qa_file: Path,
+                                            mlflow_store: str) -> None:
     """2 trials in loky workers, plus one whose worker is SIGKILLed mid-step (as a
     segfault or the OOM killer would): that one FAIL, the sweep goes on and exits 0."""
     uri, storage = f"sqlite:///{tmp_path}/mlflow/m.db", f"sqlite:///{tmp_path}/o.db"
@@ -176,7 +177,8 @@ def test_the_sbatch_script_stops_without_credentials(tmp_path: Path) -> None:
     out, argv, env = _run_sbatch(tmp_path, 0, PGPASSWORD="x", MLFLOW_TRACKING_USERNAME="u",
                                  MLFLOW_TRACKING_PASSWORD="p")
     assert out.returncode == 0 and "PGPASSFILE" not in env and argv[0] == "-m"
-    # libpq's own ~/.pgpass (the README's shared set-up writes it) when ~/.sweep/pgpass is absent
+    # libpq's own ~/.pgpass (the shared set-up in docs/many-machines.md writes it) when
+    # ~/.sweep/pgpass is absent
     (tmp_path / "home" / ".sweep" / "pgpass").rename(tmp_path / "home" / ".pgpass")
     out, argv, env = _run_sbatch(tmp_path, 0, MLFLOW_TRACKING_USERNAME="u",
                                  MLFLOW_TRACKING_PASSWORD="p")
@@ -185,7 +187,7 @@ def test_the_sbatch_script_stops_without_credentials(tmp_path: Path) -> None:
 
 # -- submitit ----------------------------------------------------------------------------
 def test_the_documented_submitit_line_composes() -> None:
-    overrides = readme_command(".venv/bin/sweep -m hydra/launcher=submitit_slurm")
+    overrides = doc_command(".venv/bin/sweep -m hydra/launcher=submitit_slurm")
     cfg = hydra_cfg(overrides)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
@@ -200,7 +202,8 @@ def test_the_documented_submitit_line_composes() -> None:
 
 
 @pytest.mark.slow
-def test_a_stopped_joblib_sweep_leaves_nothing_running(tmp_path: Path, qa_file: Path) -> None:
+def test_a_stopped_joblib_sweep_leaves_nothing_running(tmp_path: Path, qa_file: Path,
+                                                       mlflow_store: str) -> None:
     """SIGTERM to the sweeper while a loky worker trains: joblib kills the worker before
     it can tell Optuna, so the sweeper tells FAIL itself (before: RUNNING until the next
     run of the command)."""

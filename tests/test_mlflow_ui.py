@@ -3,7 +3,7 @@ playwright; nothing downloaded): ``mlflow server --app-name sweep`` on a free po
 a real tiny sweep, opened the way a user does: the experiments list, then the
 experiment's link. Screenshots go to the test's temporary folder.
 
-The same flows make the README's screenshots of a real sweep::
+The same flows make the screenshots in docs/ (docs/tracking.md) of a real sweep::
 
     .venv/bin/python tests/test_mlflow_ui.py mlruns/mlflow.db docs
 """

@@ -109,7 +109,7 @@ class StatusConfig:
 class ProxyConfig:
     """``sweep-proxy``: Optuna's gRPC storage proxy in front of ``hydra.sweeper.storage``."""
 
-    # 127.0.0.1 by default: the proxy has no authentication (see the README before
+    # 127.0.0.1 by default: the proxy has no authentication (see docs/many-machines.md before
     # binding it to an address other machines reach)
     host: str = "127.0.0.1"
     port: int = 13000

@@ -18,7 +18,8 @@ import time
 import warnings
 from typing import Any, Iterable, List, Optional, Tuple
 
-# Optuna 5 marks its gRPC proxy experimental (since 4.2); said once in the README, not per job
+# Optuna 5 marks its gRPC proxy experimental (since 4.2); said once in docs/many-machines.md,
+# not per job
 warnings.filterwarnings("ignore", message=".*(GrpcStorageProxy|run_grpc_proxy_server) is experimental")
 
 __all__ = ["GRPC_SCHEME", "BEAT_ATTR", "grpc_address", "is_grpc", "open_url", "silent_trials"]
