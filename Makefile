@@ -22,7 +22,7 @@ setup: $(STAMP)
 run: setup
 	$(BIN)/sweep -m $(ARGS)
 
-# Debian's Chromium for the MLflow UI test (tests/test_mlflow_ui.py): playwright drives the
+# Debian's Chromium for the MLflow UI test (tests/shipping/test_mlflow_ui.py): playwright drives the
 # system browser, nothing is downloaded. Installed once, as root or with sudo.
 browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \

@@ -1,6 +1,6 @@
 """Library internals behind one door. Each function here relies on something Optuna or
 Hydra does not promise (a private module, an attribute, a table, a system attribute, a
-piece of ``Trial``'s logic); ``tests/test_compat.py`` checks each assumption on the
+piece of ``Trial``'s logic); ``tests/study/test_compat.py`` checks each assumption on the
 installed versions and fails loudly, naming it, when an upgrade breaks it. Everything
 else in the project uses the libraries' public API only.
 """

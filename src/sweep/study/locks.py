@@ -5,7 +5,7 @@ own database, because Optuna's and MLflow's storages have none:
   doing it at once fail: SQLite with ``UNIQUE constraint failed: alembic_version``,
   PostgreSQL with ``duplicate key value violates unique constraint
   "pg_type_typname_nsp_index"`` (concurrent ``CREATE TABLE``; three workers on a fresh
-  database, tests/test_shared_setup.py).
+  database, tests/sweeps/test_shared_setup.py).
 - :func:`study_lock`: around the steps a finished sweep takes once (the report, the
   held-out evaluation and the registration of its winner) when several processes end it.
 

@@ -18,7 +18,7 @@ from sweep.evaluation.metrics import (
     normalize_answer, paired_metric_difference, rouge_l, score_item, sentence_bleu, token_f1,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 QA = ROOT / "src" / "sweep" / "data" / "legal_qa" / "indian_law_qa.jsonl"
 METRICS_PY = ROOT / "src" / "sweep" / "evaluation" / "metrics.py"
 

@@ -31,7 +31,7 @@ def test_discovery() -> None:
 
 
 def command(tmp: Path, *extra: str, n: int = 4, study: str = "s") -> List[str]:
-    """The winner's evaluation and registration are off: tests/test_eval.py and
+    """The winner's evaluation and registration are off: tests/shipping/test_eval.py and
     test_registry.py check them on the session's tiny sweep."""
     return harness.sweep_cmd(harness.stores(tmp), "eval.after_sweep=false",
                              "registry.after_sweep=false", *extra, n_trials=n, study=study)

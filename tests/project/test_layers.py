@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 from typing import Dict, List, Set
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src"
 
 # lowest first; a module may import its own package and anything below it
@@ -70,7 +70,7 @@ def layer(name: str) -> int:
             if name == prefix or name.startswith(prefix + "."):
                 if best is None or len(prefix) > best[1]:
                     best = (i, len(prefix))
-    assert best is not None, f"{name}: in no layer of tests/test_layers.py"
+    assert best is not None, f"{name}: in no layer of tests/project/test_layers.py"
     return best[0]
 
 

@@ -19,7 +19,7 @@ import sweep.config as config
 from sweep.config import (CONFIG_ENV, ConfigError, check_config_dir, compose,
                           find_config_dir)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONF_FILES = sorted(p.relative_to(ROOT / "conf").as_posix()
                     for p in (ROOT / "conf").rglob("*.yaml"))
 

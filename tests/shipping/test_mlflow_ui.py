@@ -5,7 +5,7 @@ experiment's link. Screenshots go to the test's temporary folder.
 
 The same flows make the screenshots in docs/ (docs/tracking.md) of a real sweep::
 
-    .venv/bin/python tests/test_mlflow_ui.py mlruns/mlflow.db docs
+    .venv/bin/python tests/shipping/test_mlflow_ui.py mlruns/mlflow.db docs
 """
 
 from __future__ import annotations
