@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from abc import ABC, abstractmethod
 from typing import Any
 
 from hydra.experimental.callback import Callback
@@ -46,7 +47,7 @@ class OutputFolder(Callback):
         self._ensure(config, "hydra.sweep.dir")
 
 
-class _AfterSweep(Callback):
+class _AfterSweep(Callback, ABC):
     """Once the sweep is over (Hydra calls ``on_multirun_end`` only when the sweeper
     returned: an aborted sweep ends before), in the process the user started (not in the
     extra workers it launched), for the project's sweeper only, one process at a time per
@@ -54,7 +55,8 @@ class _AfterSweep(Callback):
     warning saying how to retry."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if os.environ.get(WORKER_ENV) or not _is_our_sweeper(config):
+        if (os.environ.get(WORKER_ENV) or not _is_our_sweeper(config)
+                or not OmegaConf.select(config, self.switch, default=False)):
             return
         import optuna
 
@@ -62,8 +64,6 @@ class _AfterSweep(Callback):
         from sweep.study.storages import open_url
 
         url, name = str(config.hydra.sweeper.storage), str(config.hydra.sweeper.study_name)
-        if not self.wanted(config):
-            return
         try:
             study = optuna.load_study(study_name=name, storage=open_url(url))
         except Exception as error:  # noqa: BLE001
@@ -75,13 +75,12 @@ class _AfterSweep(Callback):
         with study_lock(url, name):  # sweeps ending together: one after the other
             self.after(config, study)
 
-    what = ""
+    what = ""    # what it does, for its warning
+    switch = ""  # the config key that turns it on
 
-    def wanted(self, config: DictConfig) -> bool:
-        raise NotImplementedError
-
+    @abstractmethod
     def after(self, config: DictConfig, study: Any) -> None:
-        raise NotImplementedError
+        """Its work on the finished single-objective ``study``, under the study's lock."""
 
 
 class EvaluateWinner(_AfterSweep):
@@ -89,9 +88,7 @@ class EvaluateWinner(_AfterSweep):
     test split only reports, it chooses nothing."""
 
     what = "held-out evaluation of the best trial"
-
-    def wanted(self, config: DictConfig) -> bool:
-        return bool(OmegaConf.select(config, "eval.after_sweep", default=False))
+    switch = "eval.after_sweep"
 
     def after(self, config: DictConfig, study: Any) -> None:
         from sweep.study.winner import best as winner
@@ -123,9 +120,7 @@ class RegisterWinner(_AfterSweep):
     (``registry.after_sweep``), once per winner."""
 
     what = "registering the best trial"
-
-    def wanted(self, config: DictConfig) -> bool:
-        return bool(OmegaConf.select(config, "registry.after_sweep", default=False))
+    switch = "registry.after_sweep"
 
     def after(self, config: DictConfig, study: Any) -> None:
         from sweep.shipping.registry import register_best
