@@ -16,35 +16,31 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from sweep.testing.zero_cost import TARGET as ZERO_COST  # light: no model, no mlx
+
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = [sys.executable, "-m", "sweep"]
-ZERO_COST = "sweep.testing.zero_cost.run"  # sweep.testing.zero_cost.TARGET, without importing it
 # the tiny model trained briefly, evaluated at the same points in every trial
 TINY = ["model=tiny", "train.iters=8", "train.val_batches=2", "train.eval_every_iters=4"]
 
-_template_lock = threading.Lock()
 _template: Optional[Path] = None
 
 
 def migrated_mlflow_db() -> Path:
     """An empty MLflow SQLite store at the installed MLflow's schema, made once per process."""
     global _template
-    with _template_lock:
-        if _template is None:
-            folder = Path(tempfile.mkdtemp(prefix="sweep-mlflow-template-"))
-            path = folder / "m.db"
-            made = subprocess.run(
-                [sys.executable, "-c",
-                 "import sys; from mlflow.tracking import MlflowClient; "
-                 "MlflowClient(sys.argv[1]).search_experiments()", f"sqlite:///{path}"],
-                capture_output=True, text=True, timeout=300)
-            assert made.returncode == 0 and path.is_file(), made.stderr[-2000:]
-            _template = path
+    if _template is None:
+        path = Path(tempfile.mkdtemp(prefix="sweep-mlflow-template-")) / "m.db"
+        made = subprocess.run(
+            [sys.executable, "-c", "import sys; from mlflow.tracking import MlflowClient; "
+             "MlflowClient(sys.argv[1]).search_experiments()", f"sqlite:///{path}"],
+            capture_output=True, text=True, timeout=300)
+        assert made.returncode == 0 and path.is_file(), made.stderr[-2000:]
+        _template = path
     return _template
 
 
