@@ -60,6 +60,8 @@ def train_settings(cfg: SweepConfig, n_train: int, longest: int = 0):
         max_seq_length=t.max_seq_length, max_grad_norm=t.max_grad_norm,
         eval_every=t.eval_every, eval_every_iters=t.eval_every_iters,
         val_batches=t.val_batches, save_every=t.save_every,
+        save_every_seconds=60.0 * t.save_every_minutes,
+        early_stop_patience=t.early_stop_patience or 0,
         report_every=t.report_every, compile=t.compile, grad_checkpoint=checkpoint,
         seed=cfg.seed,
     )
@@ -111,6 +113,29 @@ def _require_answer_tokens(figures: Dict[str, Any], max_seq_length: int) -> None
                 "are longer); raise train.max_seq_length or shorten the prompts")
 
 
+def _resume(typed: SweepConfig, output_dir: Path, flat: Dict[str, Any], train_set):
+    """The checkpoint ``train.resume`` names (or None), checked against this run's
+    training config and data; and what each new checkpoint records for that check."""
+    from sweep.training.checkpoint import (CheckpointError, data_digest, find_resume,
+                                           fingerprint, training_config)
+
+    config = training_config(flat)
+    meta = {"fingerprint": fingerprint(config), "config": config,
+            "data_digest": data_digest(train_set)}
+    resume = find_resume(typed.train.resume, output_dir, config, log)
+    if resume is None:
+        if typed.train.resume is not None:
+            log.info("train.resume=%s: no checkpoint to resume from; training starts from "
+                     "the beginning", typed.train.resume)
+        return None, meta
+    if resume.state.get("data_digest") != meta["data_digest"]:
+        raise CheckpointError(f"train.resume: {resume.path} was trained on other data: the "
+                              f"train split of data.path={typed.data.path} changed since")
+    log.info("resumed from %s (micro-batch %d of %d, optimizer step %d)", resume.path,
+             resume.state["iteration"], resume.state["iters"], resume.state["step"])
+    return resume, meta
+
+
 def run_trial(
     cfg: DictConfig,
     output_dir: Path,
@@ -141,6 +166,7 @@ def run_trial(
     from sweep.tracking.console import ConsoleReporter
     from sweep.tracking.mlflow_tracker import check_tracking
     from sweep.tracking.run import open_tracker, tracked_run, write_config
+    from sweep.training.checkpoint import Checkpoints
     from sweep.training.lora import apply_lora, save_adapter, trainable_parameters
     from sweep.training.loop import train
     from sweep.training.optim import build_optimizer, build_schedule
@@ -160,6 +186,8 @@ def run_trial(
                         f"example(s), fewer than train.batch_size={typed.train.batch_size}")
     longest = max(len(train_set[i][0]) for i in range(len(train_set)))
     settings = train_settings(typed, len(train_set), longest)
+    params: Dict[str, Any] = flatten(typed)
+    resume, resume_meta = _resume(typed, output_dir, params, train_set)
     adapter_cfg = apply_lora(model, typed.lora, typed.seed)
     n_trainable = trainable_parameters(model)
     schedule = build_schedule(typed.scheduler, typed.optimizer.lr, settings.total_steps)
@@ -170,7 +198,6 @@ def run_trial(
              ", gradient checkpointing" if settings.grad_checkpoint else "")
 
     tracker = open_tracker(typed.mlflow, run_name, parent_run_id)
-    params: Dict[str, Any] = flatten(typed)
     params.update({
         "lora.scale": typed.lora.scale,
         "trainable_parameters": n_trainable,
@@ -194,15 +221,22 @@ def run_trial(
             tracker.log_artifacts(adapter_dir, "adapter")
 
     tags = {"sweep.output_dir": str(output_dir.resolve()), **(tags or {})}
-    with tracked_run(tracker, params, tags, on_stop=log_adapter_so_far):
+    if resume is not None:
+        tags["sweep.resumed_from"] = str(resume.path.resolve())
+    continue_run = resume.state.get("run_id") if resume is not None else None
+    with tracked_run(tracker, params, tags, on_stop=log_adapter_so_far,
+                     continue_run=continue_run):
         if on_start is not None:  # the Optuna trial may have been failed meanwhile
             on_start(tracker.run_id, str(output_dir.resolve()))
         _require_answer_tokens(cut, typed.train.max_seq_length)
         tracker.log_artifacts(write_config(cfg, overrides, output_dir / "config"), "config")
+        checkpoints = Checkpoints(output_dir / "checkpoints", adapter_cfg,
+                                  {**resume_meta, "run_id": tracker.run_id},
+                                  typed.train.keep_checkpoints)
         result = train(model, optimizer, train_set, val_set, settings,
                        listener=Listeners([ConsoleReporter(settings.total_steps, label),
                                            tracker, *listeners]),
-                       save_adapter=save)
+                       save_adapter=save, checkpoints=checkpoints, resume=resume)
         tracker.log_metrics({"best_val_loss": result.best_val_loss,
                              "best_val_loss_se": result.best_val_loss_se,
                              "best_step": result.best_step,

@@ -38,7 +38,7 @@ from sweep.study import EVALUATED_ATTR, WORKER_ENV
 from sweep.study.locks import study_lock
 from sweep.study.link import GRACE_ATTR, HEARTBEAT_ATTR, PRUNER_ATTR, build_pruner
 
-from sweep.study.trials import frozen_trial, owner_died, ran, tell_fail
+from sweep.study.trials import frozen_trial, owner_died, ran, retry_stopped, tell_fail
 
 from hydra_plugins.sweep_optuna._proposals import (Proposer, QuotaReached, SpaceExhausted,
                                                    SweepAborted, build_sampler, hydra_value)
@@ -132,7 +132,8 @@ class SweeperImpl:
         return study
 
     def fail_dead_trials(self, study: optuna.Study) -> List[int]:
-        """RUNNING trials of dead processes on this host -> FAIL (and their MLflow runs)."""
+        """RUNNING trials of dead processes on this host -> FAIL (and their MLflow runs);
+        stopped trials with a checkpoint -> a retry that resumes from it."""
         host = socket.gethostname()
         failed = []
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -142,6 +143,11 @@ class SweeperImpl:
         if failed:
             log.warning("Trials %s were left RUNNING by a process that died: now FAIL", failed)
         fail_stale(study, self.storage, int(self.settings["grace_period"]))  # silent ones, any host
+        if int(self.settings.get("max_retry", 0)) > 0:
+            again = retry_stopped(study, int(self.settings["max_retry"]))
+            if again:
+                log.info("Trials %s stopped after a checkpoint: each goes on from it as a new "
+                         "trial", again)
         return failed
 
     def propose(self, study: optuna.Study, space: SearchSpace) -> optuna.trial.Trial:

@@ -25,7 +25,7 @@ from optuna.distributions import (BaseDistribution, CategoricalDistribution, Flo
 from optuna.trial import TrialState
 
 from sweep.study._compat import draw_unrecorded, enqueued_params, suggesting
-from sweep.study.trials import (TAKEN, frozen_trial, owner_died, ran, tell_fail,
+from sweep.study.trials import (TAKEN, frozen_trial, owner_died, ran, retried, tell_fail,
                                  tell_not_run)
 
 from hydra_plugins.sweep_optuna._search_space import SearchSpace, grid_values
@@ -197,9 +197,13 @@ class Proposer:
                 tell_not_run(study, trial, f"not run: {ahead} trials before it took "
                                            f"hydra.sweeper.n_trials={limit}")
                 raise QuotaReached(f"{ahead} trials before trial {trial.number} took them")
+        retry = frozen_trial(study, trial.number)
         try:
-            self._wait_for_earlier(study, trial.number)
-            params = self._draw_new(study, space, trial.number, points)
+            if retried(retry) is not None:  # a stopped trial's retry: its params, to resume
+                params = dict(retry.params)
+            else:
+                self._wait_for_earlier(study, trial.number)
+                params = self._draw_new(study, space, trial.number, points)
         except BaseException as error:  # never leave an asked trial RUNNING
             tell_fail(study, trial, f"no proposal: {type(error).__name__}: {error}")
             raise

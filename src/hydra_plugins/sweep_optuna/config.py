@@ -53,6 +53,9 @@ class SweepOptunaConf:
     n_workers: int = 1  # processes on this machine sharing the study
     heartbeat_interval: int = 30  # seconds; a RUNNING trial silent for grace_period is FAIL
     grace_period: int = 120
+    # a trial stopped after a checkpoint (killed, preempted) is resumed by the next free
+    # worker, at most this many times; 0 = never
+    max_retry: int = 2
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="sweep_optuna", node=SweepOptunaConf,

@@ -47,7 +47,7 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: list) -> float:
     # A launcher may run the job in a process of its own that never went through
     # sweep.cli.main (joblib's loky workers, submitit's SLURM jobs); a no-op otherwise.
     runtime.setup()
-    from sweep.study.link import TrialPruned, objective_values, open_link
+    from sweep.study.link import HeartbeatLost, TrialPruned, objective_values, open_link
 
     run_trial = trial_runner(cfg)
 
@@ -57,6 +57,13 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: list) -> float:
         return run_trial(cfg, output_dir, overrides=overrides).best_val_loss
     label = f"trial {link.number}"
     os.environ[CURRENT_TRIAL_ENV] = str(link.number)  # for sweep.testing.faults (tests)
+    checkpoint = link.resume_from()
+    if checkpoint is not None and Path(checkpoint).exists():  # a stopped trial's retry goes on
+        cfg.train.resume = checkpoint
+    elif checkpoint is not None:
+        log.warning("%s: the checkpoint of the trial it continues, %s, is not on this machine "
+                    "(keep hydra.sweep.dir on a shared file system); training starts from the "
+                    "beginning", label, checkpoint)
     try:
         result = run_trial(cfg, output_dir, overrides=overrides, listeners=[link.listener],
                            parent_run_id=link_cfg.parent_run_id, run_name=f"trial-{link.number}",
@@ -70,7 +77,8 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: list) -> float:
         return float("nan")
     except BaseException as error:
         try:
-            link.fail(f"{type(error).__name__}: {error}")
+            link.fail(f"{type(error).__name__}: {error}",
+                      resumable=isinstance(error, (KeyboardInterrupt, HeartbeatLost)))
         finally:
             link.close()
         raise
@@ -116,8 +124,9 @@ def main() -> None:
     except KeyboardInterrupt as stop:
         terminated = isinstance(stop, Terminated)
         print(f"sweep: stopped by {'SIGTERM' if terminated else 'Ctrl-C'}; the running "
-              "trial is recorded as KILLED (MLflow) and FAIL (Optuna). Run the same command "
-              "to go on.", file=sys.stderr, flush=True)
+              "trial is recorded as KILLED (MLflow) and FAIL (Optuna), after a checkpoint "
+              "if it was training. Run the same command to go on (a single run: with "
+              "train.resume=auto).", file=sys.stderr, flush=True)
         sys.exit(143 if terminated else 130)
     finally:
         signal.signal(signal.SIGTERM, previous)

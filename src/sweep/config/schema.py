@@ -244,7 +244,18 @@ class TrainConfig:
     val_batches: int = 8
     # Examples longer than max_seq_length are cut (and reported); true: dropped instead.
     drop_long_examples: bool = False
-    save_every: int = 0  # optimizer steps between periodic checkpoints; 0 = off
+    # Checkpoints of the whole training state (adapter, optimizer, counters, validation
+    # history) in <run folder>/checkpoints, every save_every optimizer steps and/or every
+    # save_every_minutes (0 = off), and on SIGTERM or Ctrl-C; the newest keep_checkpoints
+    # are kept. resume: null, auto (the newest checkpoint of this run's folder, else of
+    # the newest earlier run of the same config beside it), or a checkpoint's path.
+    save_every: int = 0
+    save_every_minutes: float = 0.0
+    keep_checkpoints: int = 2
+    resume: Optional[str] = None
+    # Stop after this many evaluations without improvement (on the subset scored during
+    # training); the final evaluation still scores the whole split. null = off.
+    early_stop_patience: Optional[int] = None
     report_every: int = 1  # optimizer steps between train reports
     compile: bool = True  # mx.compile the step function
     # Recompute each block in the backward pass (much less memory for long sequences).
@@ -269,6 +280,15 @@ class TrainConfig:
         _require(self.eval_every_iters is None or self.eval_every_iters > 0,
                  "train.eval_every_iters", "must be null or > 0", self.eval_every_iters)
         _require(self.save_every >= 0, "train.save_every", "must be >= 0", self.save_every)
+        _require(self.save_every_minutes >= 0, "train.save_every_minutes", "must be >= 0",
+                 self.save_every_minutes)
+        _require(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1",
+                 self.keep_checkpoints)
+        _require(self.early_stop_patience is None or self.early_stop_patience > 0,
+                 "train.early_stop_patience", "must be null (off) or > 0",
+                 self.early_stop_patience)
+        _require(self.resume is None or bool(str(self.resume).strip()), "train.resume",
+                 "must be null, auto or a checkpoint's path", self.resume)
 
 
 @dataclass

@@ -86,11 +86,13 @@ def iterate_batches(
     rng: Optional[np.random.Generator] = None,
     loop: bool = False,
     name: str = "train",
+    skip: int = 0,
 ) -> Iterator[Tuple[mx.array, mx.array, int]]:
     """Yield ``(tokens [B, L], (offset, length) [B, 2], n_tokens)``.
 
     Examples are sorted by length and grouped so a batch pads little; the order of the
-    batches is shuffled by ``rng`` every pass (kept as is when ``rng`` is None).
+    batches is shuffled by ``rng`` every pass (kept as is when ``rng`` is None). ``skip``
+    leaves out the first batches of that order without building them (a resumed run).
     """
     if len(dataset) < batch_size:
         raise DataError(
@@ -102,6 +104,9 @@ def iterate_batches(
     while True:
         sequence = rng.permutation(len(groups)) if rng is not None else range(len(groups))
         for g in sequence:
+            if skip > 0:
+                skip -= 1
+                continue
             tokens, bounds, _, n_tokens = _pack(dataset, groups[g], batch_size, max_seq_length)
             yield mx.array(tokens), mx.array(bounds), n_tokens
         if not loop:

@@ -14,11 +14,13 @@ import socket
 import threading
 import time
 import warnings
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from sweep.config.schema import TrialLink
 from sweep.errors import TrialFailed, first_line
-from sweep.training.events import EvalReport, Listener, TrainReport, TrialStopped
+from sweep.training.events import (CheckpointReport, EvalReport, Listener, TrainReport,
+                                   TrialStopped)
 
 __all__ = ["TrialPruned", "OptunaTrialLink", "open_link", "objective_values", "build_pruner",
            "PRUNER_ATTR", "HEARTBEAT_ATTR", "GRACE_ATTR", "HeartbeatLost"]
@@ -97,6 +99,12 @@ class _Pruning(Listener):
         if self.link.lost is not None:
             raise self.link.lost
         self.link.report(report)
+
+    def on_checkpoint(self, report: CheckpointReport) -> None:
+        from sweep.study.trials import CHECKPOINT_ATTR
+
+        if report.kind != "best":  # the whole training state: a retry resumes from it
+            self.link.trial.set_user_attr(CHECKPOINT_ATTR, str(Path(report.path).resolve()))
 
 
 class OptunaTrialLink:
@@ -190,6 +198,16 @@ class OptunaTrialLink:
         if not report.final and self.trial.should_prune():
             raise TrialPruned(f"pruned at step {report.step} (val_loss {report.val_loss:.4f})")
 
+    def resume_from(self) -> Optional[str]:
+        """The checkpoint this trial resumes from: a retry's, inherited from the trial it
+        continues (``sweep.study.trials.retry_stopped``); None for a new trial."""
+        from sweep.study.trials import CHECKPOINT_ATTR, retried
+
+        frozen = self.storage.get_trial(self.trial_id)
+        if retried(frozen) is None:
+            return None
+        return frozen.user_attrs.get(CHECKPOINT_ATTR)
+
     def started(self, run_id: Optional[str], output_dir: str) -> None:
         if run_id:
             self.trial.set_user_attr("mlflow_run_id", run_id)
@@ -207,10 +225,15 @@ class OptunaTrialLink:
 
         self._tell(state=optuna.trial.TrialState.PRUNED)
 
-    def fail(self, reason: str) -> None:
+    def fail(self, reason: str, resumable: bool = False) -> None:
+        """FAIL, with ``reason``; ``resumable``: it was stopped (a signal, a lost storage),
+        not failed of itself, so the sweep resumes it from its checkpoint, if it has one."""
         import optuna
 
+        from sweep.study.trials import RESUMABLE_ATTR
+
         self.trial.set_user_attr("fail_reason", reason[:1000])
+        self.trial.set_user_attr(RESUMABLE_ATTR, resumable)
         self._tell(state=optuna.trial.TrialState.FAIL)
 
 

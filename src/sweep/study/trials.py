@@ -5,7 +5,9 @@ and how a trial is ended FAIL without the sampler's hooks."""
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Union
+import warnings
+from contextlib import contextmanager
+from typing import Any, Iterator, List, Optional, Union
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -13,7 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sweep.study._compat import tell_quietly
 
 __all__ = ["TAKEN", "NOT_RUN_ATTR", "ran", "tell_fail", "tell_not_run", "owner_died",
-           "frozen_trial"]
+           "frozen_trial", "CHECKPOINT_ATTR", "RESUMABLE_ATTR", "retried", "retry_stopped"]
 
 # configurations not to propose again (a FAILed one may rerun)
 TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
@@ -65,3 +67,58 @@ def owner_died(t: FrozenTrial, host: str) -> bool:
 def frozen_trial(study: optuna.Study, number: int) -> FrozenTrial:
     """Trial ``number`` of ``study`` as stored now."""
     return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+
+
+# -- trials that stopped with a checkpoint go on ----------------------------------------
+
+CHECKPOINT_ATTR = "checkpoint"  # user attr: the trial's newest whole training state
+RESUMABLE_ATTR = "resumable"  # user attr, False when the trial failed of itself
+# what a retry does not inherit: the dead process's identity and its failure
+NOT_INHERITED = ("fail_reason", "host", "pid", "sweeper_host", "sweeper_pid", RESUMABLE_ATTR)
+
+
+def retried(t: FrozenTrial) -> Optional[int]:
+    """The number of the trial ``t`` continues, or None."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    with _quiet():
+        return RetryHeartbeatStaleTrialCallback.retried_trial_number(t)
+
+
+def retry_stopped(study: optuna.Study, max_retry: int) -> List[int]:
+    """FAIL trials that were stopped (killed, preempted, their storage lost) after a
+    checkpoint, and not retried yet -> a WAITING copy (Optuna's
+    ``RetryHeartbeatStaleTrialCallback``, with the reported values) that the next free
+    worker takes and resumes from the checkpoint. A trial that failed of itself (a
+    diverged loss, a bug) is not retried; nor one retried ``max_retry`` times."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    trials = study.get_trials(deepcopy=False)
+    done = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    again = []
+    for t in trials:
+        if (t.state != TrialState.FAIL or t.number in done or CHECKPOINT_ATTR not in t.user_attrs
+                or not t.user_attrs.get(RESUMABLE_ATTR, True)):
+            continue
+        copy = FrozenTrial(
+            number=t.number, state=t.state, value=None, values=t.values,
+            datetime_start=t.datetime_start, datetime_complete=t.datetime_complete,
+            params=t.params, distributions=t.distributions,
+            user_attrs={k: v for k, v in t.user_attrs.items() if k not in NOT_INHERITED},
+            system_attrs=t.system_attrs, intermediate_values=t.intermediate_values,
+            trial_id=0)  # unused: the callback adds a new trial
+        before = len(study.get_trials(deepcopy=False))
+        with _quiet():
+            RetryHeartbeatStaleTrialCallback(max_retry=max_retry,
+                                             inherit_intermediate_values=True)(study, copy)
+        if len(study.get_trials(deepcopy=False)) > before:
+            again.append(t.number)
+    return again
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Optuna marks the retry callback experimental; it is the library's way to retry."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield

@@ -2,6 +2,7 @@
 makes the ``n``-th pass (default 1) through ``point(<point>)`` fail. Kinds:
 
 - ``kill`` (default): SIGKILL this process, as the OOM killer or a lost machine does;
+- ``term``: SIGTERM this process, as SLURM's preemption or ``scancel`` does;
 - ``raise``: a RuntimeError (a bug in a trial);
 - ``oom``: a MemoryError (out of memory);
 - ``enospc``: OSError ENOSPC (a full disk);
@@ -9,7 +10,7 @@ makes the ``n``-th pass (default 1) through ``point(<point>)`` fail. Kinds:
 
 ``SWEEP_FAULT_TRIAL=<number>`` limits it to one trial of a sweep. Unset (always, outside
 tests) a point costs one dictionary lookup. The points: ``model_import``, ``train_step``,
-``evaluation``, ``save_adapter``, ``mlflow_log``, ``trial_end``, ``report``,
+``evaluation``, ``save_adapter``, ``checkpoint_write``, ``mlflow_log``, ``trial_end``, ``report``,
 ``between_trials``, ``parent_run`` (before a sweep makes its MLflow parent run).
 """
 
@@ -46,6 +47,9 @@ def point(name: str) -> None:
     kind = kind or "kill"
     if kind == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "term":
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     if kind == "raise":
         raise RuntimeError(f"injected fault at {name}")
     if kind == "oom":
@@ -55,4 +59,4 @@ def point(name: str) -> None:
     if kind == "delay":
         time.sleep(DELAY)
         return
-    raise ValueError(f"{ENV}={spec}: unknown kind '{kind}' (kill, raise, oom, enospc, delay)")
+    raise ValueError(f"{ENV}={spec}: unknown kind '{kind}' (kill, term, raise, oom, enospc, delay)")

@@ -65,7 +65,8 @@ class NullTracker(Listener):
 
     run_id: Optional[str] = None
 
-    def start(self, params: Mapping[str, Any], tags: Mapping[str, str]) -> None: ...
+    def start(self, params: Mapping[str, Any], tags: Mapping[str, str],
+              continue_run: Optional[str] = None) -> None: ...
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
 
@@ -108,17 +109,41 @@ class MlflowTracker(NullTracker):
                                            TRAINING_KIND)
         return experiment.experiment_id
 
-    def start(self, params: Mapping[str, Any], tags: Mapping[str, str]) -> None:
-        from mlflow.entities import Param
+    def start(self, params: Mapping[str, Any], tags: Mapping[str, str],
+              continue_run: Optional[str] = None) -> None:
+        """A new run; or, with ``continue_run`` (a resumed trial's run id), that run again
+        if this store has it, so its curves go on in one piece (new params only: MLflow
+        keeps a param's first value), else a new run tagged with the old one's id."""
+        from mlflow.entities import Param, RunTag
 
         all_tags = dict(tags)
         if self.parent_run_id:
             all_tags["mlflow.parentRunId"] = self.parent_run_id
-        run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=all_tags)
-        self.run_id = run.info.run_id
+        old = self._existing(continue_run)
+        if old is not None:
+            self.run_id = old.info.run_id
+            self.client.update_run(self.run_id, status="RUNNING")
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v))
+                                                     for k, v in all_tags.items()])
+            params = {k: v for k, v in params.items() if k not in old.data.params}
+        else:
+            if continue_run:
+                all_tags["sweep.continues_run"] = continue_run
+            run = self.client.create_run(self.experiment_id, run_name=self.run_name,
+                                         tags=all_tags)
+            self.run_id = run.info.run_id
         items = [Param(k, _param_value(v)) for k, v in sorted(params.items())]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params a batch
             self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def _existing(self, run_id: Optional[str]):
+        if not run_id:
+            return None
+        try:
+            run = self.client.get_run(run_id)
+        except Exception:  # not in this store (another tracking URI), or deleted
+            return None
+        return run if run.info.experiment_id == self.experiment_id else None
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         from mlflow.entities import Metric

@@ -40,13 +40,15 @@ def write_config(cfg: DictConfig, overrides: Sequence[str], folder: Path) -> Pat
 
 @contextmanager
 def tracked_run(tracker, params: Mapping[str, Any], tags: Dict[str, str], *,
-                on_stop: Optional[Callable[[], None]] = None) -> Iterator[Any]:
-    """Start ``tracker``'s run with ``params`` and ``tags`` and end it as the body ends
-    (see the module docstring). ``on_stop`` runs before a stopped run ends (the real
-    trial logs the adapter it has so far)."""
+                on_stop: Optional[Callable[[], None]] = None,
+                continue_run: Optional[str] = None) -> Iterator[Any]:
+    """Start ``tracker``'s run with ``params`` and ``tags`` (or continue the run
+    ``continue_run``: a resumed trial's) and end it as the body ends (see the module
+    docstring). ``on_stop`` runs before a stopped run ends (the real trial logs the
+    adapter it has so far)."""
     from sweep.testing.faults import point
 
-    tracker.start(params, tags)
+    tracker.start(params, tags, continue_run=continue_run)
     try:
         yield tracker
     except TrialStopped as stop:

@@ -46,7 +46,7 @@ class EvalReport:
 class CheckpointReport:
     step: int
     path: Path
-    kind: str  # "best" or "periodic"
+    kind: str  # "best"; whole training state: "periodic", or "stop" (SIGTERM, Ctrl-C)
     val_loss: Optional[float] = None
 
 
@@ -62,6 +62,7 @@ class TrainResult:
     best_val_loss_se: float = float("nan")
     best_iteration: int = 0
     base_val_loss: float = float("nan")  # step 0, the same examples as the other evaluations
+    stopped_early: bool = False  # train.patience evaluations without improvement
 
 
 class TrialStopped(Exception):

@@ -14,15 +14,17 @@ from dataclasses import dataclass
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Dict, Iterator, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_flatten, tree_map
+from mlx.utils import tree_flatten, tree_map, tree_map_with_path, tree_unflatten
 
 from sweep.data.batches import iterate_batches
+from sweep.training.checkpoint import Checkpoint, Checkpoints
+from sweep.training.interrupt import DeferredStop
 from sweep.testing.faults import point
 from sweep.training.cpu_ops import fusable_ops_on_cpu
 from sweep.training.events import (CheckpointReport, Listener, TrainReport,
@@ -46,7 +48,9 @@ class LoopSettings:
     eval_every: int  # optimizer steps
     val_batches: int  # -1 = all
     eval_every_iters: int | None = None  # micro-batches; overrides eval_every
-    save_every: int = 0  # optimizer steps, 0 = off
+    save_every: int = 0  # optimizer steps between checkpoints, 0 = off
+    save_every_seconds: float = 0.0  # and/or seconds (at the next optimizer step), 0 = off
+    early_stop_patience: int = 0  # evaluations without improvement before stopping, 0 = off
     report_every: int = 1
     compile: bool = True
     grad_checkpoint: bool = False  # recompute each block in the backward pass
@@ -80,20 +84,25 @@ def train(
     save_adapter: Callable[[str], Path] = lambda name: Path(name),
     loss: Loss = masked_cross_entropy,
     eval_loss: ExampleLoss = example_losses,
+    checkpoints: Optional[Checkpoints] = None,
+    resume: Optional[Checkpoint] = None,
 ) -> TrainResult:
     """Train the model's trainable (LoRA) parameters; returns the best validation loss
     over the whole validation split (:class:`~sweep.training.validation.Validation`).
     A collapsed model raises :class:`CollapsedError`, a NaN or infinite loss
     :class:`NonFiniteLossError`.
 
-    ``save_adapter(name)`` writes the current adapter into a folder called ``name``
-    ("best", or "step-000010" every ``save_every`` steps) and returns its path. On the
-    CPU, attention and SwiGLU are swapped for fusable versions meanwhile
-    (:mod:`sweep.training.cpu_ops`).
+    ``save_adapter("best")`` writes the best adapter so far and returns its folder.
+    ``checkpoints`` (if given) receives the whole training state every ``save_every``
+    optimizer steps and/or ``save_every_seconds``, and on SIGTERM or Ctrl-C before the
+    run stops; ``resume`` (a :class:`~sweep.training.checkpoint.Checkpoint`) continues
+    from one. With ``early_stop_patience``, training stops after that many evaluations without
+    improvement. On the CPU, attention and SwiGLU are swapped for fusable versions
+    meanwhile (:mod:`sweep.training.cpu_ops`).
     """
     with fusable_ops_on_cpu(model), checkpointed_blocks(model, settings.grad_checkpoint):
         return _train(model, optimizer, train_set, val_set, settings, listener, save_adapter,
-                      loss, eval_loss)
+                      loss, eval_loss, checkpoints, resume)
 
 
 @contextmanager
@@ -124,7 +133,17 @@ def checkpointed_blocks(model: nn.Module, enabled: bool) -> Iterator[None]:
 
 def _train(model: nn.Module, optimizer: optim.Optimizer, train_set, val_set,
            settings: LoopSettings, listener: Listener, save_adapter: Callable[[str], Path],
-           loss: Loss, eval_loss: ExampleLoss) -> TrainResult:
+           loss: Loss, eval_loss: ExampleLoss, checkpoints: Optional[Checkpoints],
+           resume: Optional[Checkpoint]) -> TrainResult:
+    validation = Validation(model, val_set, settings.batch_size, settings.max_seq_length,
+                            settings.val_batches, listener, save_adapter, eval_loss,
+                            settings.compile)
+    progress = Progress()
+    accumulated = None
+    if resume is not None:  # before compiling: the compiled functions capture the state
+        accumulated = _restore(resume, model, optimizer, validation, progress)
+    else:
+        optimizer.init(model.trainable_parameters())
     loss_and_grad = nn.value_and_grad(model, loss)
 
     def micro_step(tokens, bounds, accumulated):
@@ -136,10 +155,6 @@ def _train(model: nn.Module, optimizer: optim.Optimizer, train_set, val_set,
     if settings.compile:
         state = [model.state, mx.random.state]
         micro_step = partial(mx.compile, inputs=state, outputs=state)(micro_step)
-
-    validation = Validation(model, val_set, settings.batch_size, settings.max_seq_length,
-                            settings.val_batches, listener, save_adapter, eval_loss,
-                            settings.compile)
     uniform = math.log(vocab_size(model))
 
     def update(accumulated, count):
@@ -159,73 +174,166 @@ def _train(model: nn.Module, optimizer: optim.Optimizer, train_set, val_set,
         mx.eval(model.trainable_parameters(), optimizer.state, norm)
         return norm.item()
 
-    train_seconds = 0.0
-    step = trained = iteration = 0
-    next_eval = settings.eval_every_iters
+    def save(kind: str) -> None:
+        arrays = {"adapters": dict(tree_flatten(model.trainable_parameters())),
+                  "optimizer": dict(tree_flatten(optimizer.state)),
+                  "extra": {**{f"accumulated.{k}": v for k, v in
+                               tree_flatten(accumulated or {})},
+                            **{f"best.{k}": v for k, v in
+                               (validation.best_weights or {}).items()}}}
+        path = checkpoints.save(progress.state(validation, settings), arrays)
+        progress.saved_at = time.monotonic()
+        listener.on_checkpoint(CheckpointReport(progress.step, path, kind))
 
+    p = progress
     model.train()
     mx.reset_peak_memory()
-    validation.run(0, 0, 0)  # the base model (LoRA's B matrices start at zero)
-
+    if resume is None:
+        validation.run(0, 0, 0)  # the base model (LoRA's B matrices start at zero)
+        p.next_eval = settings.eval_every_iters
+    p.saved_at = time.monotonic()
     batches = iterate_batches(train_set, settings.batch_size, settings.max_seq_length,
-                              rng=np.random.default_rng(settings.seed), loop=True)
-    accumulated, in_step = None, 0
-    window_loss = window_seconds = 0.0
-    window_micro = window_tokens = 0
-    for iteration in range(1, settings.iters + 1):
-        tokens, bounds, n_tokens = next(batches)
-        start = time.perf_counter()
-        point("train_step")
-        value, accumulated = micro_step(tokens, bounds, accumulated)
-        mx.eval(value, accumulated)
-        loss_value = value.item()
-        if not math.isfinite(loss_value):
-            raise NonFiniteLossError(
-                f"train loss is {loss_value} at iteration {iteration} (step {step}); "
-                "try a lower optimizer.lr or set train.max_grad_norm"
-            )
-        in_step += 1
-        window_loss, window_micro = window_loss + loss_value, window_micro + 1
-        window_tokens, trained = window_tokens + n_tokens, trained + n_tokens
-        last = iteration == settings.iters
-        if in_step == settings.grad_accumulation or last:
-            grad_norm = apply_update(accumulated, in_step)
-            accumulated, in_step, step = None, 0, step + 1
-        elapsed = time.perf_counter() - start
-        window_seconds, train_seconds = window_seconds + elapsed, train_seconds + elapsed
-        if in_step:
-            continue
-        if not math.isfinite(grad_norm):
-            raise NonFiniteLossError(f"gradient norm is {grad_norm} at step {step}; try a "
-                                     "lower optimizer.lr or set train.max_grad_norm")
-        train_loss = window_loss / window_micro
-        check_not_dead(step, train_loss, grad_norm, uniform)
-        if step % settings.report_every == 0 or last:
-            listener.on_train_report(TrainReport(
-                step=step,
-                iteration=iteration,
-                train_loss=train_loss,
-                learning_rate=optimizer.learning_rate.item(),
-                grad_norm=grad_norm,
-                tokens_per_sec=window_tokens / max(window_seconds, 1e-9),
-                peak_memory_gb=mx.get_peak_memory() / 1e9,
-                trained_tokens=trained,
-            ))
-            window_loss = window_seconds = 0.0
-            window_micro = window_tokens = 0
-        if settings.eval_every_iters:
-            due = iteration >= next_eval
-            while next_eval <= iteration:
-                next_eval += settings.eval_every_iters
-        else:
-            due = step % settings.eval_every == 0
-        if settings.save_every and step % settings.save_every == 0:
-            path = save_adapter(f"step-{step:06d}")  # before final(): it may load the best
-            listener.on_checkpoint(CheckpointReport(step, path, "periodic"))
-        if last:
-            validation.final(step, iteration, trained, grad_norm, uniform)
-        elif due:
-            validation.run(step, iteration, trained)
+                              rng=np.random.default_rng(settings.seed), loop=True,
+                              skip=p.iteration)
+    grad_norm = float("nan")
+    with DeferredStop() as stop:
+        for iteration in range(p.iteration + 1, settings.iters + 1):
+            tokens, bounds, n_tokens = next(batches)
+            start = time.perf_counter()
+            point("train_step")
+            mx.random.seed(_dropout_seed(settings.seed, iteration))
+            value, accumulated = micro_step(tokens, bounds, accumulated)
+            mx.eval(value, accumulated)
+            loss_value = value.item()
+            if not math.isfinite(loss_value):
+                raise NonFiniteLossError(
+                    f"train loss is {loss_value} at iteration {iteration} (step {p.step}); "
+                    "try a lower optimizer.lr or set train.max_grad_norm"
+                )
+            p.iteration, p.in_step = iteration, p.in_step + 1
+            p.window_loss, p.window_micro = p.window_loss + loss_value, p.window_micro + 1
+            p.window_tokens, p.trained = p.window_tokens + n_tokens, p.trained + n_tokens
+            last = iteration == settings.iters
+            if p.in_step == settings.grad_accumulation or last:
+                grad_norm = apply_update(accumulated, p.in_step)
+                accumulated, p.in_step, p.step = None, 0, p.step + 1
+            elapsed = time.perf_counter() - start
+            p.window_seconds += elapsed
+            p.train_seconds += elapsed
+            if p.in_step:
+                _stop_if_asked(stop, checkpoints, save, saved=False)
+                continue
+            if not math.isfinite(grad_norm):
+                raise NonFiniteLossError(f"gradient norm is {grad_norm} at step {p.step}; try "
+                                         "a lower optimizer.lr or set train.max_grad_norm")
+            train_loss = p.window_loss / p.window_micro
+            check_not_dead(p.step, train_loss, grad_norm, uniform)
+            if p.step % settings.report_every == 0 or last:
+                listener.on_train_report(TrainReport(
+                    step=p.step,
+                    iteration=iteration,
+                    train_loss=train_loss,
+                    learning_rate=optimizer.learning_rate.item(),
+                    grad_norm=grad_norm,
+                    tokens_per_sec=p.window_tokens / max(p.window_seconds, 1e-9),
+                    peak_memory_gb=mx.get_peak_memory() / 1e9,
+                    trained_tokens=p.trained,
+                ))
+                p.window_loss = p.window_seconds = 0.0
+                p.window_micro = p.window_tokens = 0
+            if settings.eval_every_iters:
+                due = iteration >= p.next_eval
+                while p.next_eval <= iteration:
+                    p.next_eval += settings.eval_every_iters
+            else:
+                due = p.step % settings.eval_every == 0
+            if due and not last:
+                validation.run(p.step, iteration, p.trained)
+                if (settings.early_stop_patience
+                        and validation.since_best >= settings.early_stop_patience):
+                    p.stopped_early = last = True
+            if last:
+                validation.final(p.step, iteration, p.trained, grad_norm, uniform)
+                break
+            saved = checkpoints is not None and _save_due(settings, p)
+            if saved:
+                save("periodic")
+            _stop_if_asked(stop, checkpoints, save, saved)
     v = validation
-    return TrainResult(v.chosen.loss, v.chosen_at[0], step, settings.iters, trained,
-                       train_seconds, v.seconds, v.chosen.se, v.chosen_at[1], v.base.loss)
+    return TrainResult(v.chosen.loss, v.chosen_at[0], p.step, p.iteration, p.trained,
+                       p.train_seconds, v.seconds, v.chosen.se, v.chosen_at[1], v.base.loss,
+                       p.stopped_early)
+
+
+def _stop_if_asked(stop: DeferredStop, checkpoints, save: Callable[[str], None],
+                   saved: bool) -> None:
+    """After a micro-batch: a SIGTERM or Ctrl-C noted meanwhile writes a checkpoint (unless
+    one was just written) and then stops the run as the signal would have."""
+    if stop.requested is None:
+        return
+    if checkpoints is not None and not saved:
+        save("stop")
+    stop.deliver()
+
+
+def _dropout_seed(seed: int, iteration: int) -> int:
+    """The key of a micro-batch's dropout masks: a function of the run's seed and the
+    micro-batch's number only, so a resumed run draws the masks an unbroken one does."""
+    return (seed * 1_000_003 + iteration) % (2 ** 63)
+
+
+def _save_due(settings: LoopSettings, p: "Progress") -> bool:
+    if settings.save_every and p.step % settings.save_every == 0:
+        return True
+    return bool(settings.save_every_seconds
+                and time.monotonic() - p.saved_at >= settings.save_every_seconds)
+
+
+@dataclass
+class Progress:
+    """Where a run is: the counters a checkpoint saves and a resumed run starts from."""
+
+    iteration: int = 0  # micro-batches trained
+    step: int = 0  # optimizer steps
+    in_step: int = 0  # micro-batches accumulated towards the next optimizer step
+    trained: int = 0  # tokens
+    next_eval: Optional[int] = None  # micro-batch of the next evaluation (eval_every_iters)
+    train_seconds: float = 0.0
+    window_loss: float = 0.0  # since the last train report
+    window_micro: int = 0
+    window_tokens: int = 0
+    window_seconds: float = 0.0
+    stopped_early: bool = False
+    saved_at: float = 0.0  # time.monotonic() of the last checkpoint (not saved)
+
+    FIELDS = ("iteration", "step", "in_step", "trained", "next_eval", "train_seconds",
+              "window_loss", "window_micro", "window_tokens", "window_seconds")
+
+    def state(self, validation: Validation, settings: LoopSettings) -> Dict[str, Any]:
+        return {**{k: getattr(self, k) for k in self.FIELDS},
+                "iters": settings.iters, "grad_accumulation": settings.grad_accumulation,
+                "batch_size": settings.batch_size, "seed": settings.seed,
+                "validation": validation.state()}
+
+
+def _restore(resume: Checkpoint, model: nn.Module, optimizer: optim.Optimizer,
+             validation: Validation, progress: Progress):
+    """Load ``resume`` into the model, optimizer, validation history and ``progress``;
+    returns the gradients accumulated in the unfinished optimizer step (or None)."""
+    state, arrays = resume.state, resume.arrays
+    model.load_weights(list(arrays["adapters"].items()), strict=False)
+    optimizer.init(model.trainable_parameters())
+    optimizer.state = tree_unflatten(list(arrays["optimizer"].items()))
+    for key in Progress.FIELDS:
+        setattr(progress, key, state[key])
+    extra = arrays.get("extra", {})
+    validation.restore(state["validation"],
+                       {k[len("best."):]: v for k, v in extra.items() if k.startswith("best.")})
+    accumulated = {k[len("accumulated."):]: v for k, v in extra.items()
+                   if k.startswith("accumulated.")}
+    mx.eval(model.trainable_parameters(), optimizer.state)
+    if not accumulated:
+        return None
+    # the gradients' tree is the trainable parameters' (tree_unflatten would not rebuild
+    # the empty branches of frozen modules)
+    return tree_map_with_path(lambda path, _: accumulated[path], model.trainable_parameters())

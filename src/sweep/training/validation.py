@@ -14,7 +14,7 @@ import math
 import time
 from functools import partial
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Dict, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -76,6 +76,19 @@ class Validation:
         self.best_weights = None
         self.chosen: Optional[Score] = None  # the final choice, on the whole split
         self.chosen_at = (0, 0)
+        self.since_best = 0  # evaluations since the best (for early stopping)
+
+    def state(self) -> Dict[str, Any]:
+        """The history a checkpoint keeps (the best weights go beside it as arrays)."""
+        return {"seconds": self.seconds, "base": _score_state(self.base),
+                "best": _score_state(self.best), "best_at": list(self.best_at),
+                "since_best": self.since_best}
+
+    def restore(self, state: Dict[str, Any], best_weights: Dict[str, mx.array]) -> None:
+        self.seconds, self.since_best = state["seconds"], state["since_best"]
+        self.base, self.best = _score(state["base"]), _score(state["best"])
+        self.best_at = tuple(state["best_at"])
+        self.best_weights = best_weights or None
 
     def _score(self, max_batches: int) -> Score:
         result = score(self.model, self.val_set, self.batch_size, self.max_seq_length,
@@ -102,6 +115,7 @@ class Validation:
         if self.base is None:
             self.base = result
         improved = self.best is None or result.loss < self.best.loss
+        self.since_best = 0 if improved else self.since_best + 1
         if improved:
             self.best, self.best_at = result, (step, iteration)
             self.best_weights = dict(tree_flatten(self.model.trainable_parameters()))
@@ -163,3 +177,18 @@ class Validation:
         keep = np.isin(whole.indexes, self.base.indexes)
         mean, se = token_weighted(whole.losses[keep], whole.counts[keep])
         return Score(mean, se, whole.indexes[keep], whole.losses[keep], whole.counts[keep])
+
+
+def _score_state(score: Optional[Score]) -> Optional[Dict[str, Any]]:
+    if score is None:
+        return None
+    return {"loss": score.loss, "se": score.se, "indexes": [int(i) for i in score.indexes],
+            "losses": [float(v) for v in score.losses],
+            "counts": [int(n) for n in score.counts]}
+
+
+def _score(state: Optional[Dict[str, Any]]) -> Optional[Score]:
+    if state is None:
+        return None
+    return Score(state["loss"], state["se"], np.array(state["indexes"], np.int64),
+                 np.array(state["losses"], np.float64), np.array(state["counts"], np.int64))

@@ -1,0 +1,101 @@
+"""Long trials survive (tiny model, the real commands): a run SIGKILLed mid-training and
+run again with ``train.resume=auto`` ends as an unbroken one, on one MLflow curve;
+SIGTERM writes a checkpoint before exiting; a sweep's trial killed mid-training goes on
+from its checkpoint when the same command runs again, and the study still has exactly
+``n_trials`` finished trials."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+
+import harness
+from harness import run, stores, sweep_cmd, write_qa
+
+pytestmark = pytest.mark.slow
+
+# moving weights (lr, dropout) over 16 micro-batches, a whole-state checkpoint every step
+RUN = ["model=tiny", "train.iters=16", "train.grad_accumulation=2", "train.val_batches=1",
+       "train.eval_every_iters=null", "train.eval_every=2", "optimizer.lr=0.01",
+       "lora.dropout=0.1", "train.save_every=1"]
+
+
+def _single(where, qa: Path, folder: str, *extra: str):
+    return [*harness.SWEEP, *RUN, "data=jsonl", f"data.path={qa}",
+            f"mlflow.tracking_uri={where.mlflow_uri}", f"hydra.run.dir={where.folder}/{folder}",
+            *extra]
+
+
+def _curve(client, run_id: str, key: str):
+    return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+
+
+def test_a_killed_run_resumes_and_ends_as_an_unbroken_one(tmp_path: Path) -> None:
+    where = stores(tmp_path / "s")
+    qa = write_qa(tmp_path / "qa.jsonl")
+    whole = run(_single(where, qa, "whole"))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    killed = run(_single(where, qa, "run"), env={"SWEEP_FAULT": "train_step:kill@11"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert (tmp_path / "s" / "run" / "checkpoints" / "latest").read_text().strip() == "mb-0000010"
+    again = run(_single(where, qa, "run", "train.resume=auto"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from" in again.stdout and "mb-0000010" in again.stdout
+
+    client, runs = where.runs()
+    by_dir = {Path(r.data.tags["sweep.output_dir"]).name: r for r in runs}
+    assert sorted(by_dir) == ["run", "whole"] and len(runs) == 2  # one run for the killed one
+    resumed, unbroken = by_dir["run"], by_dir["whole"]
+    assert resumed.info.status == "FINISHED"
+    assert resumed.data.metrics["best_val_loss"] == pytest.approx(
+        unbroken.data.metrics["best_val_loss"], abs=1e-3)
+    for key in ("val_loss", "train_loss"):  # one curve, each point once, as the unbroken one
+        assert [s for s, _ in _curve(client, resumed.info.run_id, key)] == \
+            [s for s, _ in _curve(client, unbroken.info.run_id, key)]
+
+
+def test_sigterm_writes_a_checkpoint_before_it_exits(tmp_path: Path) -> None:
+    where = stores(tmp_path / "s")
+    qa = write_qa(tmp_path / "qa.jsonl")
+    stopped = run(_single(where, qa, "run", "train.save_every=0"),
+                  env={"SWEEP_FAULT": "train_step:term@7"})
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    assert "Traceback" not in stopped.stderr
+    assert (tmp_path / "s" / "run" / "checkpoints" / "latest").read_text().strip() == "mb-0000007"
+    _, runs = where.runs()
+    assert [r.info.status for r in runs] == ["KILLED"]
+    again = run(_single(where, qa, "run", "train.save_every=0", "train.resume=auto"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    _, runs = where.runs()
+    assert [r.info.status for r in runs] == ["FINISHED"]
+
+
+def test_a_killed_sweep_trial_goes_on_from_its_checkpoint(tmp_path: Path) -> None:
+    where = stores(tmp_path / "s")
+    qa = write_qa(tmp_path / "qa.jsonl")
+    cmd = sweep_cmd(where, *RUN[1:], "data=jsonl", f"data.path={qa}", n_trials=2,
+                    tiny=False) + ["model=tiny", "eval.after_sweep=false",
+                                   "registry.after_sweep=false"]
+    killed = run(cmd, env={"SWEEP_FAULT": "train_step:kill@11", "SWEEP_FAULT_TRIAL": "1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    again = run(cmd)
+    assert again.returncode == 0, again.stderr[-3000:]
+
+    study = where.study()
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    first, killed_trial, retry = study.trials
+    assert retry.system_attrs["failed_trial"] == 1 and retry.params == killed_trial.params
+    assert retry.user_attrs["checkpoint"].endswith("mb-0000014")  # its own newest
+    client, runs = where.runs()
+    trial_runs = [r for r in runs if "sweep.trial" in r.data.tags]
+    assert len(trial_runs) == 2  # the killed trial's run went on: one curve
+    continued = next(r for r in trial_runs if r.data.tags["sweep.trial"] == "2")
+    assert continued.info.status == "FINISHED"
+    assert continued.data.tags["sweep.resumed_from"].endswith("mb-0000010")
+    trained = [s for s, _ in _curve(client, continued.info.run_id, "train_loss")]
+    assert trained == [2, 4, 6, 8, 10, 12, 14, 16]  # 16 micro-batches in all, not 26
+    assert retry.value == pytest.approx(continued.data.metrics["best_val_loss"])
