@@ -52,13 +52,15 @@ def train_settings(cfg: SweepConfig, n_train: int, longest: int = 0):
     checkpoint = t.grad_checkpoint
     if checkpoint is None:
         checkpoint = t.batch_size * min(longest, t.max_seq_length) >= CHECKPOINT_FROM_TOKENS
-    iters = t.iters
+    iters, eval_every_iters = t.iters, t.eval_every_iters
     if t.epochs is not None:
         iters = max(1, math.ceil(t.epochs * n_train / t.batch_size))
+    if t.eval_every_epochs is not None:
+        eval_every_iters = max(1, round(t.eval_every_epochs * n_train / t.batch_size))
     return LoopSettings(
         iters=iters, batch_size=t.batch_size, grad_accumulation=t.grad_accumulation,
         max_seq_length=t.max_seq_length, max_grad_norm=t.max_grad_norm,
-        eval_every=t.eval_every, eval_every_iters=t.eval_every_iters,
+        eval_every=t.eval_every, eval_every_iters=eval_every_iters,
         val_batches=t.val_batches, save_every=t.save_every,
         save_every_seconds=60.0 * t.save_every_minutes,
         early_stop_patience=t.early_stop_patience or 0,

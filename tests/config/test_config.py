@@ -79,6 +79,11 @@ def test_overrides_compose(overrides, expected) -> None:
         ("train.iters=2", "train.iters"),
         ("train.max_grad_norm=0", "train.max_grad_norm"),
         ("train.val_batches=0", "train.val_batches"),
+        ("train.save_every_minutes=-1", "train.save_every_minutes"),
+        ("train.keep_checkpoints=0", "train.keep_checkpoints"),
+        ("train.early_stop_patience=0", "train.early_stop_patience"),
+        ("train.eval_every_epochs=0", "train.eval_every_epochs"),
+        ("train.resume=' '", "train.resume"),
         ("data.valid_fraction=0", "data.valid_fraction"),
         ("model.bits=7", "model.bits"),
         ("seed=-1", "seed"),
@@ -144,3 +149,14 @@ def test_the_automatic_study_name_follows_the_data_file(tmp_path) -> None:
             names.append(OmegaConf.select(cfg, "hydra.sweeper.study_name"))
     assert names[0] == "lora_smollm2_135m_legal_qa"
     assert names[1].startswith("lora_smollm2_135m_jsonl-qa-") and names[1] != names[2]
+
+
+def test_budgets_and_rungs_in_epochs_become_micro_batches() -> None:
+    from sweep.trial import train_settings
+
+    typed = to_typed(compose_config(["train.epochs=2", "train.eval_every_epochs=0.5",
+                                     "train.save_every_minutes=10",
+                                     "train.early_stop_patience=3"]))
+    settings = train_settings(typed, n_train=570)  # the shipped train split, batch 4
+    assert settings.iters == 285 and settings.eval_every_iters == 71  # 2 x 142.5, 0.5 x 142.5
+    assert settings.save_every_seconds == 600 and settings.early_stop_patience == 3

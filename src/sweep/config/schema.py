@@ -239,6 +239,8 @@ class TrainConfig:
     # Or every N micro-batches (at the next optimizer step): sweeps over accumulation use
     # it so every trial is evaluated (and pruned) after the same examples.
     eval_every_iters: Optional[int] = None
+    # Or every this many epochs (overrides both): pruning rungs in data, whatever the budget.
+    eval_every_epochs: Optional[float] = None
     # Batches scored at each evaluation during training (the same ones every time, for
     # pruning); -1 = all. The last evaluation always scores the whole split.
     val_batches: int = 8
@@ -280,6 +282,8 @@ class TrainConfig:
         _require(self.eval_every_iters is None or self.eval_every_iters > 0,
                  "train.eval_every_iters", "must be null or > 0", self.eval_every_iters)
         _require(self.save_every >= 0, "train.save_every", "must be >= 0", self.save_every)
+        _require(self.eval_every_epochs is None or self.eval_every_epochs > 0,
+                 "train.eval_every_epochs", "must be null or > 0", self.eval_every_epochs)
         _require(self.save_every_minutes >= 0, "train.save_every_minutes", "must be >= 0",
                  self.save_every_minutes)
         _require(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1",

@@ -1,0 +1,172 @@
+"""Short-horizon bias: does a short trial rank configurations as their full training does?
+
+Each configuration of ``GRID`` (accumulation 1-8, learning rate 1e-4 to 1e-3; rank 16,
+alpha 32, everything else the default sweep's) is trained on the shipped data to
+``--epochs`` (2), and scored on the whole validation split every ``--every`` micro-batches
+(24: the default sweep's budget until now is the first rung), each example's loss kept.
+Each is also trained at that short budget alone (``train.iters=24``, its schedule over
+those 24), as the default sweep trained it. Every evaluation is appended to
+``bench/results/horizon.jsonl`` as it comes, so the replay (rank correlation of each rung
+with the full budget, the pick of each budget, pruners at rungs in epochs) needs no
+training; a run stopped midway goes on from the configurations' checkpoints
+(``train.resume=auto``) and trains nothing twice.
+
+    python -m bench.horizon              # train what is missing (hours on 2 CPU cores), then the table
+    python -m bench.horizon --replay     # the table from the saved values only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from bench.table import Row, print_table
+
+RESULTS = Path(__file__).resolve().parent / "results" / "horizon.jsonl"
+GRID: List[Dict[str, Any]] = [  # (accumulation, lr): every accumulation at two rates
+    {"train.grad_accumulation": a, "optimizer.lr": lr}
+    for a, lr in [(1, 1e-4), (1, 5e-4), (2, 2e-4), (2, 1e-3), (4, 1e-4), (4, 5e-4),
+                  (8, 2e-4), (8, 1e-3)]]
+FIXED = ["lora.rank=16", "lora.alpha=32", "mlflow.enabled=false"]
+SHORT = 24  # micro-batches: the default sweep's budget before multi-fidelity
+
+
+def name(config: Dict[str, Any]) -> str:
+    return ",".join(f"{k.split('.')[-1]}={v:g}" for k, v in config.items())
+
+
+def load(path: Optional[Path] = None) -> Dict[Tuple[str, str], Dict[int, Dict[str, Any]]]:
+    """{(config, budget "full" | "short"): {micro-batch: record}}; a later record of the
+    same evaluation (a resumed run redoing one after its checkpoint) replaces the earlier."""
+    out: Dict[Tuple[str, str], Dict[int, Dict[str, Any]]] = {}
+    path = path or RESULTS
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            out.setdefault((r["config"], r["budget"]), {})[r["iteration"]] = r
+    return out
+
+
+def record(config: Dict[str, Any], budget: str, overrides: Sequence[str], folder: Path,
+           path: Optional[Path] = None) -> None:
+    """Train one configuration at one budget, appending each evaluation to ``path``."""
+    from sweep.config import compose
+    from sweep.training.events import Listener
+    from sweep.trial import run_trial
+
+    path = path or RESULTS
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    class Append(Listener):
+        def on_eval_report(self, r) -> None:
+            row = {"config": name(config), "budget": budget, "iteration": r.iteration,
+                   "step": r.step, "trained_tokens": r.trained_tokens, "final": r.final,
+                   "val_loss": r.val_loss, "val_loss_se": r.val_loss_se,
+                   "last_val_loss": None if math.isnan(r.last_val_loss) else r.last_val_loss,
+                   "examples": list(r.examples), "example_losses": list(r.example_losses),
+                   "example_tokens": list(r.example_tokens)}
+            with path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    cfg = compose([*FIXED, *overrides, *(f"{k}={v}" for k, v in config.items())])
+    result = run_trial(cfg, folder, listeners=[Append()])
+    print(f"  {name(config)} {budget}: {result.best_val_loss:.4f} +- "
+          f"{result.best_val_loss_se:.4f} ({result.seconds:.0f} s)", flush=True)
+
+
+def train_missing(epochs: float, every: int, out: Path) -> None:
+    done = load()
+    for config in GRID:
+        for budget, overrides in (
+                ("short", [f"train.iters={SHORT}", f"train.eval_every_iters={every}",
+                           "train.val_batches=-1"]),
+                ("full", [f"train.epochs={epochs}", f"train.eval_every_iters={every}",
+                          "train.val_batches=-1", "train.save_every_minutes=5",
+                          "train.resume=auto"])):
+            seen = done.get((name(config), budget), {})
+            if any(r["final"] for r in seen.values()):
+                continue
+            record(config, budget, overrides, out / budget / name(config))
+
+
+def _ranks(values: Sequence[float]) -> np.ndarray:
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(len(values))
+    return ranks
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    return float(np.corrcoef(_ranks(a), _ranks(b))[0, 1])
+
+
+def kendall(a: Sequence[float], b: Sequence[float]) -> float:
+    """Kendall's tau-a (no ties in real-valued losses)."""
+    n, s = len(a), 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            s += np.sign(a[i] - a[j]) * np.sign(b[i] - b[j])
+    return float(s / (n * (n - 1) / 2))
+
+
+def table(epochs: float) -> List[Row]:
+    runs = load()
+    configs = [name(c) for c in GRID]
+    full = {c: runs.get((c, "full"), {}) for c in configs}
+    complete = [c for c in configs if any(r["final"] for r in full[c].values())]
+    rows: List[Row] = []
+    if len(complete) < 3:
+        return [Row("configurations trained to the full budget", len(complete), "count",
+                    f"{len(GRID)}", False, "too few to rank; run python -m bench.horizon")]
+    final = {c: next(r for r in full[c].values() if r["final"])["val_loss"] for c in complete}
+    micro_per_epoch = max(max(full[c]) for c in complete) / epochs
+    best = min(complete, key=final.get)
+    rungs = sorted(set.intersection(*(
+        {i for i, r in full[c].items() if not r["final"] and i > 0} for c in complete)))
+    truth = [final[c] for c in complete]
+    for rung in rungs:
+        at = [full[c][rung]["val_loss"] for c in complete]
+        pick = complete[int(np.argmin(at))]
+        epoch = f" ({rung / micro_per_epoch:.2f} epochs)"
+        rows.append(Row(f"rung at micro-batch {rung}{epoch}", kendall(at, truth),
+                        "Kendall", "", None, f"Spearman {spearman(at, truth):.2f}; picks {pick}"
+                        f"{' = the full-budget best' if pick == best else ''}"))
+    short = {c: runs.get((c, "short"), {}) for c in complete}
+    if all(any(r["final"] for r in short[c].values()) for c in complete):
+        at = [next(r for r in short[c].values() if r["final"])["val_loss"] for c in complete]
+        pick = complete[int(np.argmin(at))]
+        rows.append(Row(f"{SHORT} micro-batches alone (old default)",
+                        kendall(at, truth), "Kendall", "same pick",
+                        pick == best, f"Spearman {spearman(at, truth):.2f}; picks {pick}"))
+    rows.append(Row(f"full budget ({epochs:g} epochs) best", final[best], "loss", "", None,
+                    f"{best} of {len(complete)} configurations"))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--replay", action="store_true", help="no training: the saved values")
+    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--every", type=int, default=SHORT, help="micro-batches between rungs")
+    parser.add_argument("--out", type=Path, default=Path("outputs/bench/horizon"))
+    args = parser.parse_args()
+    if not args.replay:
+        from sweep import runtime
+
+        runtime.setup()
+        train_missing(args.epochs, args.every, args.out)
+    from bench.table import machine
+
+    print(f"Short-horizon bias: each rung against the full budget ({machine()})")
+    print_table(table(args.epochs))
+
+
+if __name__ == "__main__":
+    main()
