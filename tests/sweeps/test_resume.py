@@ -78,7 +78,7 @@ def test_a_killed_sweep_trial_goes_on_from_its_checkpoint(tmp_path: Path) -> Non
     qa = write_qa(tmp_path / "qa.jsonl")
     cmd = sweep_cmd(where, *RUN[1:], "data=jsonl", f"data.path={qa}", n_trials=2,
                     tiny=False) + ["model=tiny", "eval.after_sweep=false",
-                                   "registry.after_sweep=false"]
+                                   "registry.after_sweep=false", "hydra.sweeper.pruner=none"]
     killed = run(cmd, env={"SWEEP_FAULT": "train_step:kill@11", "SWEEP_FAULT_TRIAL": "1"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     again = run(cmd)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -253,6 +254,49 @@ def test_a_worker_killed_on_another_machine_ends_fail_by_its_heartbeat(shared) -
     os.environ.update(server.env)
     client = MlflowClient(tracking_uri=server.url)
     assert client.get_run(dead[0].user_attrs["mlflow_run_id"]).info.status == "FAILED"
+
+
+def test_a_trial_killed_on_another_machine_goes_on_here_from_its_mlflow_checkpoint(
+        shared) -> None:
+    """As above, but the trial had written checkpoints (to the MLflow server too: an http
+    tracking URI logs them) and machine-b's disk is gone with it: worker B retries the
+    trial here from the server's copy, and its MLflow run goes on to FINISHED."""
+    root, pg, server = shared
+    tmp = root / "moved"
+    tmp.mkdir()
+    qa, storage = _qa(tmp), pg.url("optuna")
+    env = {**os.environ, **pg.env, **server.env}
+    extra = (*FAULT_SWEEP, "hydra.sweeper.study_name=moved", "hydra.sweeper.n_trials=2",
+             "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=4",
+             "train.iters=8", "train.save_every=1")
+    unshare = ["unshare", "--uts"] + ([] if os.geteuid() == 0 else ["--map-root-user"])
+    on_b = [*unshare, "sh", "-c", 'hostname machine-b && exec "$@"', "sh"]
+    a = subprocess.Popen([*on_b, *_sweep_cmd(tmp, qa, storage, server.url, "a", *extra)],
+                         cwd=ROOT, env={**env, "SWEEP_FAULT": "train_step:kill@6"},
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    a_out = a.communicate(timeout=600)[0]
+    assert a.returncode == -9, a_out[-3000:]
+    shutil.rmtree(tmp / "a")  # machine-b's disk, with the checkpoints on it
+    b = subprocess.run(_sweep_cmd(tmp, qa, storage, server.url, "b", *extra), cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    said = b.stdout + b.stderr
+    assert b.returncode == 0, said[-3000:]
+    os.environ.update(pg.env)
+    study = optuna.load_study(study_name="moved", storage=storage)
+    dead = next(t for t in study.trials if t.user_attrs.get("sweeper_host") == "machine-b")
+    retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == dead.number)
+    assert dead.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
+    assert "fetched from its MLflow run" in said
+    assert len(_finished(study)) == 2
+    from mlflow.tracking import MlflowClient
+
+    os.environ.update(server.env)
+    client = MlflowClient(tracking_uri=server.url)
+    run = client.get_run(dead.user_attrs["mlflow_run_id"])
+    assert run.info.run_id == retry.user_attrs["mlflow_run_id"]  # the same run, continued
+    assert run.info.status == "FINISHED" and "inherited" in run.data.tags["sweep.resumed_from"]
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
+    assert steps == sorted(set(steps)) and steps[-1] == 8  # one curve, nothing twice
 
 
 def test_postgres_restarted_mid_sweep(shared) -> None:

@@ -162,18 +162,36 @@ def test_auto_finds_the_same_config_in_an_earlier_run_folder(tmp_path: Path, mon
     assert result.best_val_loss == pytest.approx(unbroken, abs=1e-6)
 
 
-@pytest.mark.parametrize("patience,stop_step", [(1, 2), (2, 12)])
-def test_early_stopping_stops_at_the_right_evaluation(tmp_path: Path, patience: int,
-                                                      stop_step: int) -> None:
+CURVE = [3.0, 2.5, 2.6, 2.4, 2.45, 2.5, 2.35, 2.3, 2.25, 2.2, 2.15, 2.1, 2.05]
+
+
+@pytest.mark.parametrize("patience,steps,best", [(2, 5, 3), (1, 2, 1), (None, 12, 12)])
+def test_early_stopping_stops_at_the_right_evaluation(tmp_path: Path, monkeypatch, patience,
+                                                      steps: int, best: int) -> None:
+    """The real loop, with the validation losses scripted (a real curve depends on the
+    machine's floating point): base 3.0 at step 0, then one evaluation a step; the last
+    evaluation (whole split) of a stopped run scores the last weights 2.7, worse than the best."""
+    import numpy as np
+
+    from sweep.training.scoring import Score
+    from sweep.training.validation import Validation
+
+    script = iter(CURVE[:steps + 1] + ([2.7] if steps < 12 else []))
+
+    def scripted(self, max_batches: int) -> Score:
+        loss = next(script)
+        return Score(loss, 0.01, np.array([0]), np.array([loss]), np.array([1]))
+
+    monkeypatch.setattr(Validation, "_score", scripted)
     qa = _qa(tmp_path)
     recorder = Recorder()
-    result = _run(tmp_path, qa, "out", "train.iters=24", "optimizer.lr=0.03",
-                  "lora.dropout=0.0", "train.eval_every=1",
-                  f"train.early_stop_patience={patience}", listener=recorder)
-    during = [e for e in recorder.evals if not e.final]
-    worse = [e.step for e in during if not e.is_best]
-    assert worse and worse[0] == 2  # the curve this test stands on: step 2 is worse than 1
-    assert result.train.steps == stop_step
-    assert result.train.stopped_early == (stop_step < 12)
-    if patience == 1:
-        assert [e.step for e in during] == [0, 1, 2] and result.best_step == 1
+    extra = [] if patience is None else [f"train.early_stop_patience={patience}"]
+    result = _run(tmp_path, qa, "out", "train.iters=24", "train.eval_every=1", *extra,
+                  listener=recorder)
+    during = [e.step for e in recorder.evals if not e.final]
+    # a stopped run's stopping evaluation is one of those during training; an unbroken
+    # run's last step has only the final one
+    assert during == list(range(steps + 1 if steps < 12 else steps))
+    assert result.train.steps == steps and result.best_step == best
+    assert result.best_val_loss == min(CURVE[:steps + 1])
+    assert result.train.stopped_early == (steps < 12)

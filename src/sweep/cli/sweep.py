@@ -57,13 +57,9 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: list) -> float:
         return run_trial(cfg, output_dir, overrides=overrides).best_val_loss
     label = f"trial {link.number}"
     os.environ[CURRENT_TRIAL_ENV] = str(link.number)  # for sweep.testing.faults (tests)
-    checkpoint = link.resume_from()
-    if checkpoint is not None and Path(checkpoint).exists():  # a stopped trial's retry goes on
+    checkpoint = resume_point(cfg, link, output_dir, label)
+    if checkpoint is not None:  # a stopped trial's retry goes on from its checkpoint
         cfg.train.resume = checkpoint
-    elif checkpoint is not None:
-        log.warning("%s: the checkpoint of the trial it continues, %s, is not on this machine "
-                    "(keep hydra.sweep.dir on a shared file system); training starts from the "
-                    "beginning", label, checkpoint)
     try:
         result = run_trial(cfg, output_dir, overrides=overrides, listeners=[link.listener],
                            parent_run_id=link_cfg.parent_run_id, run_name=f"trial-{link.number}",
@@ -91,6 +87,30 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: list) -> float:
         return values[0]
     finally:
         link.close()
+
+
+def resume_point(cfg: DictConfig, link, output_dir: Path, label: str):
+    """Where a stopped trial's retry resumes: its checkpoint where it was written (one
+    machine, or a shared file system), else the copy its MLflow run holds
+    (``mlflow.log_checkpoints``); None for a new trial, or when neither can be read."""
+    checkpoint, run_id = link.resume_from()
+    if checkpoint is None:
+        return None
+    if Path(checkpoint).exists():
+        return checkpoint
+    if run_id and cfg.mlflow.enabled:
+        from sweep.config import to_typed
+        from sweep.tracking.mlflow_tracker import fetch_checkpoint
+
+        fetched = fetch_checkpoint(to_typed(cfg).mlflow, run_id, output_dir / "inherited")
+        if fetched is not None:
+            log.info("%s: the checkpoint of the trial it continues is not on this machine; "
+                     "fetched from its MLflow run %s", label, run_id)
+            return str(fetched)
+    log.warning("%s: the checkpoint of the trial it continues, %s, is not on this machine, "
+                "nor in its MLflow run (mlflow.log_checkpoints); training starts from the "
+                "beginning", label, checkpoint)
+    return None
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")

@@ -303,6 +303,15 @@ class MlflowConfig:
     # null: beside a SQLite database (<db folder>/artifacts), else MLflow's default
     artifact_location: Optional[str] = None
     run_name: Optional[str] = None
+    # A run's whole-state checkpoints also as artifacts (checkpoint/), so that a stopped
+    # trial can go on on another machine; null: when tracking_uri is a server (http/https).
+    log_checkpoints: Optional[bool] = None
+
+    @property
+    def checkpoints_logged(self) -> bool:
+        if self.log_checkpoints is not None:
+            return self.log_checkpoints
+        return self.tracking_uri.startswith(("http://", "https://"))
 
     def __post_init__(self) -> None:
         _require(bool(self.tracking_uri), "mlflow.tracking_uri", "must not be empty",

@@ -15,7 +15,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from sweep.config.schema import TrialLink
 from sweep.errors import TrialFailed, first_line
@@ -198,15 +198,15 @@ class OptunaTrialLink:
         if not report.final and self.trial.should_prune():
             raise TrialPruned(f"pruned at step {report.step} (val_loss {report.val_loss:.4f})")
 
-    def resume_from(self) -> Optional[str]:
-        """The checkpoint this trial resumes from: a retry's, inherited from the trial it
-        continues (``sweep.study.trials.retry_stopped``); None for a new trial."""
+    def resume_from(self) -> Tuple[Optional[str], Optional[str]]:
+        """(checkpoint, MLflow run) this trial resumes from: a retry's, inherited from the
+        trial it continues (``sweep.study.trials.retry_stopped``); Nones for a new trial."""
         from sweep.study.trials import CHECKPOINT_ATTR, retried
 
         frozen = self.storage.get_trial(self.trial_id)
         if retried(frozen) is None:
-            return None
-        return frozen.user_attrs.get(CHECKPOINT_ATTR)
+            return None, None
+        return frozen.user_attrs.get(CHECKPOINT_ATTR), frozen.user_attrs.get("mlflow_run_id")
 
     def started(self, run_id: Optional[str], output_dir: str) -> None:
         if run_id:

@@ -16,13 +16,15 @@ from typing import Any, Mapping, Optional
 from sweep.config.schema import MlflowConfig
 from sweep.study.locks import init_lock
 from sweep.paths import ensure_sqlite_folder, mask_password, sqlite_file
-from sweep.training.events import EvalReport, Listener, TrainReport
+from sweep.training.events import CheckpointReport, EvalReport, Listener, TrainReport
 
-__all__ = ["MlflowTracker", "NullTracker", "artifact_location_for", "check_tracking"]
+__all__ = ["MlflowTracker", "NullTracker", "artifact_location_for", "check_tracking",
+           "fetch_checkpoint", "CHECKPOINT_ARTIFACTS"]
 
 log = logging.getLogger(__name__)
 _MAX_PARAM = 6000  # MLflow's limit on a param value
 EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+CHECKPOINT_ARTIFACTS = "checkpoint"  # a run's newest whole-state checkpoint (log_checkpoints)
 
 
 def artifact_location_for(cfg: MlflowConfig) -> Optional[str]:
@@ -178,6 +180,10 @@ class MlflowTracker(NullTracker):
             metrics["val_loss_last"] = report.last_val_loss
         self.log_metrics(metrics, report.iteration)
 
+    def on_checkpoint(self, report: CheckpointReport) -> None:
+        if report.kind != "best" and self.cfg.checkpoints_logged:  # the whole state
+            self.log_artifacts(Path(report.path), CHECKPOINT_ARTIFACTS)
+
     def log_artifacts(self, folder: Path, artifact_path: str) -> None:
         self.client.log_artifacts(self.run_id, str(folder), artifact_path)
 
@@ -192,3 +198,20 @@ class MlflowTracker(NullTracker):
 def _param_value(value: Any) -> str:
     text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
     return text if len(text) <= _MAX_PARAM else text[: _MAX_PARAM - 3] + "..."
+
+
+def fetch_checkpoint(cfg: MlflowConfig, run_id: str, destination: Path) -> Optional[Path]:
+    """The checkpoint run ``run_id`` logged (``mlflow.log_checkpoints``), downloaded into
+    ``destination``; None if it logged none or the store cannot give it."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        client = MlflowClient(tracking_uri=cfg.tracking_uri)
+        if not client.list_artifacts(run_id, CHECKPOINT_ARTIFACTS):
+            return None
+        destination.mkdir(parents=True, exist_ok=True)
+        return Path(client.download_artifacts(run_id, CHECKPOINT_ARTIFACTS, str(destination)))
+    except Exception as error:  # noqa: BLE001  (the trial then starts from the beginning)
+        log.warning("could not fetch the checkpoint of MLflow run %s from %s (%s: %s)", run_id,
+                    mask_password(cfg.tracking_uri), type(error).__name__, error)
+        return None

@@ -86,7 +86,7 @@ class Validation:
 
     def restore(self, state: Dict[str, Any], best_weights: Dict[str, mx.array]) -> None:
         self.seconds, self.since_best = state["seconds"], state["since_best"]
-        self.base, self.best = _score(state["base"]), _score(state["best"])
+        self.base, self.best = _from_state(state["base"]), _from_state(state["best"])
         self.best_at = tuple(state["best_at"])
         self.best_weights = best_weights or None
 
@@ -187,7 +187,7 @@ def _score_state(score: Optional[Score]) -> Optional[Dict[str, Any]]:
             "counts": [int(n) for n in score.counts]}
 
 
-def _score(state: Optional[Dict[str, Any]]) -> Optional[Score]:
+def _from_state(state: Optional[Dict[str, Any]]) -> Optional[Score]:
     if state is None:
         return None
     return Score(state["loss"], state["se"], np.array(state["indexes"], np.int64),
