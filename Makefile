@@ -30,11 +30,16 @@ browser:
 	  echo "installing Debian's chromium for the MLflow UI test"; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
+# two test processes (pytest-xdist), a test file each at a time: the suite waits on
+# subprocesses and servers as much as it computes; JOBS=1 runs it in one process
+JOBS ?= 2
+XDIST = $(if $(filter-out 1,$(JOBS)),-n $(JOBS) --dist loadfile)
+
 test: setup browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(XDIST)
 
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest $(XDIST) -m "not slow"
 
 bench: setup
 	$(BIN)/pip install --quiet 'torch==2.13.0' 'peft>=0.13'

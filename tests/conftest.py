@@ -1,7 +1,10 @@
 """Shared fixtures: compose the real config tree; tiny models; temporary MLflow stores.
 
-``sweep.runtime.setup()`` comes first so that MLX gets the fast path (BLAS, kernels, heap)
-in the test process too, as the commands do.
+``sweep.runtime.setup()`` comes before any test module imports MLX, so that MLX gets the
+fast path (BLAS, kernels, heap) in the test processes too, as the commands do. With
+``-n 2`` (pytest-xdist) it runs in each worker, not in the controller that starts them: the
+runtime's C environment (the compiler wrapper on PATH, the kernels' TMPDIR) is inherited by
+children on purpose, and workers that inherited it would be children of a set-up process.
 """
 
 from __future__ import annotations
@@ -17,7 +20,16 @@ import harness
 from sweep import runtime
 from sweep.config import CONFIG_DIR, compose
 
-runtime.setup()  # before any test module imports mlx
+
+
+def pytest_configure(config) -> None:
+    """Before collection, so before any test module imports mlx."""
+    import os
+
+    controller = (config.pluginmanager.hasplugin("xdist") and config.getoption("numprocesses", None)
+                  and not os.environ.get("PYTEST_XDIST_WORKER"))
+    if not controller:
+        runtime.setup()
 
 ROOT = harness.ROOT
 CONF = CONFIG_DIR

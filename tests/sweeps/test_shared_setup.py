@@ -268,7 +268,7 @@ def test_a_trial_killed_on_another_machine_goes_on_here_from_its_mlflow_checkpoi
     env = {**os.environ, **pg.env, **server.env}
     extra = (*FAULT_SWEEP, "hydra.sweeper.study_name=moved", "hydra.sweeper.n_trials=2",
              "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=4",
-             "train.iters=8", "train.save_every=1")
+             "train.iters=8", "train.save_every=1", "hydra.sweeper.pruner=none")
     unshare = ["unshare", "--uts"] + ([] if os.geteuid() == 0 else ["--map-root-user"])
     on_b = [*unshare, "sh", "-c", 'hostname machine-b && exec "$@"', "sh"]
     a = subprocess.Popen([*on_b, *_sweep_cmd(tmp, qa, storage, server.url, "a", *extra)],
