@@ -14,17 +14,19 @@ from dataclasses import dataclass
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_flatten, tree_map, tree_map_with_path, tree_unflatten
+from mlx.utils import tree_flatten, tree_map
 
 from sweep.data.batches import iterate_batches
 from sweep.training.checkpoint import Checkpoint, Checkpoints
 from sweep.training.interrupt import DeferredStop
+from sweep.training.progress import (Progress, dropout_seed, restore, save_due,
+                                     stop_if_asked)
 from sweep.testing.faults import point
 from sweep.training.cpu_ops import fusable_ops_on_cpu
 from sweep.training.events import (CheckpointReport, Listener, TrainReport,
@@ -141,7 +143,7 @@ def _train(model: nn.Module, optimizer: optim.Optimizer, train_set, val_set,
     progress = Progress()
     accumulated = None
     if resume is not None:  # before compiling: the compiled functions capture the state
-        accumulated = _restore(resume, model, optimizer, validation, progress)
+        accumulated = restore(resume, model, optimizer, validation, progress)
     else:
         optimizer.init(model.trainable_parameters())
     loss_and_grad = nn.value_and_grad(model, loss)
@@ -201,7 +203,7 @@ def _train(model: nn.Module, optimizer: optim.Optimizer, train_set, val_set,
             tokens, bounds, n_tokens = next(batches)
             start = time.perf_counter()
             point("train_step")
-            mx.random.seed(_dropout_seed(settings.seed, iteration))
+            mx.random.seed(dropout_seed(settings.seed, iteration))
             value, accumulated = micro_step(tokens, bounds, accumulated)
             mx.eval(value, accumulated)
             loss_value = value.item()
@@ -221,7 +223,7 @@ def _train(model: nn.Module, optimizer: optim.Optimizer, train_set, val_set,
             p.window_seconds += elapsed
             p.train_seconds += elapsed
             if p.in_step:
-                _stop_if_asked(stop, checkpoints, save, saved=False)
+                stop_if_asked(stop, checkpoints, save, saved=False)
                 continue
             if not math.isfinite(grad_norm):
                 raise NonFiniteLossError(f"gradient norm is {grad_norm} at step {p.step}; try "
@@ -255,85 +257,11 @@ def _train(model: nn.Module, optimizer: optim.Optimizer, train_set, val_set,
             if last:
                 validation.final(p.step, iteration, p.trained, grad_norm, uniform)
                 break
-            saved = checkpoints is not None and _save_due(settings, p)
+            saved = checkpoints is not None and save_due(settings, p)
             if saved:
                 save("periodic")
-            _stop_if_asked(stop, checkpoints, save, saved)
+            stop_if_asked(stop, checkpoints, save, saved)
     v = validation
     return TrainResult(v.chosen.loss, v.chosen_at[0], p.step, p.iteration, p.trained,
                        p.train_seconds, v.seconds, v.chosen.se, v.chosen_at[1], v.base.loss,
                        p.stopped_early)
-
-
-def _stop_if_asked(stop: DeferredStop, checkpoints, save: Callable[[str], None],
-                   saved: bool) -> None:
-    """After a micro-batch: a SIGTERM or Ctrl-C noted meanwhile writes a checkpoint (unless
-    one was just written) and then stops the run as the signal would have."""
-    if stop.requested is None:
-        return
-    if checkpoints is not None and not saved:
-        save("stop")
-    stop.deliver()
-
-
-def _dropout_seed(seed: int, iteration: int) -> int:
-    """The key of a micro-batch's dropout masks: a function of the run's seed and the
-    micro-batch's number only, so a resumed run draws the masks an unbroken one does."""
-    return (seed * 1_000_003 + iteration) % (2 ** 63)
-
-
-def _save_due(settings: LoopSettings, p: "Progress") -> bool:
-    if settings.save_every and p.step % settings.save_every == 0:
-        return True
-    return bool(settings.save_every_seconds
-                and time.monotonic() - p.saved_at >= settings.save_every_seconds)
-
-
-@dataclass
-class Progress:
-    """Where a run is: the counters a checkpoint saves and a resumed run starts from."""
-
-    iteration: int = 0  # micro-batches trained
-    step: int = 0  # optimizer steps
-    in_step: int = 0  # micro-batches accumulated towards the next optimizer step
-    trained: int = 0  # tokens
-    next_eval: Optional[int] = None  # micro-batch of the next evaluation (eval_every_iters)
-    train_seconds: float = 0.0
-    window_loss: float = 0.0  # since the last train report
-    window_micro: int = 0
-    window_tokens: int = 0
-    window_seconds: float = 0.0
-    stopped_early: bool = False
-    saved_at: float = 0.0  # time.monotonic() of the last checkpoint (not saved)
-
-    FIELDS = ("iteration", "step", "in_step", "trained", "next_eval", "train_seconds",
-              "window_loss", "window_micro", "window_tokens", "window_seconds")
-
-    def state(self, validation: Validation, settings: LoopSettings) -> Dict[str, Any]:
-        return {**{k: getattr(self, k) for k in self.FIELDS},
-                "iters": settings.iters, "grad_accumulation": settings.grad_accumulation,
-                "batch_size": settings.batch_size, "seed": settings.seed,
-                "validation": validation.state()}
-
-
-def _restore(resume: Checkpoint, model: nn.Module, optimizer: optim.Optimizer,
-             validation: Validation, progress: Progress):
-    """Load ``resume`` into the model, optimizer, validation history and ``progress``;
-    returns the gradients accumulated in the unfinished optimizer step (or None)."""
-    state, arrays = resume.state, resume.arrays
-    model.load_weights(list(arrays["adapters"].items()), strict=False)
-    optimizer.init(model.trainable_parameters())
-    optimizer.state = tree_unflatten(list(arrays["optimizer"].items()))
-    for key in Progress.FIELDS:
-        setattr(progress, key, state[key])
-    extra = arrays.get("extra", {})
-    validation.restore(state["validation"],
-                       {k[len("best."):]: v for k, v in extra.items() if k.startswith("best.")})
-    accumulated = {k[len("accumulated."):]: v for k, v in extra.items()
-                   if k.startswith("accumulated.")}
-    mx.eval(model.trainable_parameters(), optimizer.state)
-    if not accumulated:
-        return None
-    # the gradients' tree is the trainable parameters' (tree_unflatten would not rebuild
-    # the empty branches of frozen modules)
-    return tree_map_with_path(lambda path, _: accumulated[path], model.trainable_parameters())
