@@ -220,6 +220,11 @@ def _finished(study: optuna.Study):
     return [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
 
 
+# a command run as if on another machine: its own UTS namespace, host name "machine-b"
+ON_MACHINE_B = ["unshare", "--uts", *([] if os.geteuid() == 0 else ["--map-root-user"]),
+                "sh", "-c", 'hostname machine-b && exec "$@"', "sh"]
+
+
 def test_a_worker_killed_on_another_machine_ends_fail_by_its_heartbeat(shared) -> None:
     """Worker A runs on "machine-b" (its own UTS namespace: another host name, so no
     process check can see it died) and is SIGKILLed mid-step; worker B fails A's trial
@@ -231,9 +236,7 @@ def test_a_worker_killed_on_another_machine_ends_fail_by_its_heartbeat(shared) -
     env = {**os.environ, **pg.env, **server.env}
     extra = (*FAULT_SWEEP, "hydra.sweeper.study_name=killed",
              "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=4")
-    unshare = ["unshare", "--uts"] + ([] if os.geteuid() == 0 else ["--map-root-user"])
-    on_b = [*unshare, "sh", "-c", 'hostname machine-b && exec "$@"', "sh"]
-    a = subprocess.Popen([*on_b, *_sweep_cmd(tmp, qa, storage, server.url, "a", *extra)],
+    a = subprocess.Popen([*ON_MACHINE_B, *_sweep_cmd(tmp, qa, storage, server.url, "a", *extra)],
                          cwd=ROOT, env={**env, "SWEEP_FAULT": "train_step:kill@3"},
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     a_out = a.communicate(timeout=600)[0]
@@ -269,9 +272,7 @@ def test_a_trial_killed_on_another_machine_goes_on_here_from_its_mlflow_checkpoi
     extra = (*FAULT_SWEEP, "hydra.sweeper.study_name=moved", "hydra.sweeper.n_trials=2",
              "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=4",
              "train.iters=8", "train.save_every=1", "hydra.sweeper.pruner=none")
-    unshare = ["unshare", "--uts"] + ([] if os.geteuid() == 0 else ["--map-root-user"])
-    on_b = [*unshare, "sh", "-c", 'hostname machine-b && exec "$@"', "sh"]
-    a = subprocess.Popen([*on_b, *_sweep_cmd(tmp, qa, storage, server.url, "a", *extra)],
+    a = subprocess.Popen([*ON_MACHINE_B, *_sweep_cmd(tmp, qa, storage, server.url, "a", *extra)],
                          cwd=ROOT, env={**env, "SWEEP_FAULT": "train_step:kill@6"},
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     a_out = a.communicate(timeout=600)[0]

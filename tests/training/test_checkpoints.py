@@ -63,17 +63,20 @@ def _fault(monkeypatch, spec: str) -> None:
     monkeypatch.setenv("SWEEP_FAULT", spec)
 
 
-def _crash_at(monkeypatch, iteration: int) -> None:
+def _crashed(tmp_path: Path, monkeypatch, iteration: int, out: str = "out") -> Path:
+    """A run with a checkpoint every step that crashes at micro-batch ``iteration``; the
+    data file, for the run that resumes it."""
+    qa = _qa(tmp_path)
     _fault(monkeypatch, f"train_step:raise@{iteration}")
+    with pytest.raises(RuntimeError, match="injected fault"):
+        _run(tmp_path, qa, out, "train.save_every=1")
+    monkeypatch.delenv("SWEEP_FAULT")
+    return qa
 
 
 def test_a_crashed_run_resumed_ends_as_an_unbroken_one(tmp_path: Path, monkeypatch,
                                                        unbroken: float) -> None:
-    qa = _qa(tmp_path)
-    _crash_at(monkeypatch, 8)
-    with pytest.raises(RuntimeError, match="injected fault"):
-        _run(tmp_path, qa, "out", "train.save_every=1")
-    monkeypatch.delenv("SWEEP_FAULT")
+    qa = _crashed(tmp_path, monkeypatch, 8)
     folders = candidates(tmp_path / "out" / "checkpoints")
     assert [f.name for f in folders] == ["mb-0000006", "mb-0000004"]  # keep_checkpoints=2
     recorder = Recorder()
@@ -106,11 +109,7 @@ def test_resume_mid_step_keeps_the_accumulated_gradients(tmp_path: Path, monkeyp
 
 def test_a_corrupt_checkpoint_is_refused_in_one_line(tmp_path: Path, monkeypatch, caplog,
                                                      unbroken: float) -> None:
-    qa = _qa(tmp_path)
-    _crash_at(monkeypatch, 8)
-    with pytest.raises(RuntimeError):
-        _run(tmp_path, qa, "out", "train.save_every=1")
-    monkeypatch.delenv("SWEEP_FAULT")
+    qa = _crashed(tmp_path, monkeypatch, 8)
     newest = tmp_path / "out" / "checkpoints" / "mb-0000006" / "optimizer.safetensors"
     newest.write_bytes(newest.read_bytes()[:100])  # a torn write
     recorder = Recorder()
@@ -123,11 +122,7 @@ def test_a_corrupt_checkpoint_is_refused_in_one_line(tmp_path: Path, monkeypatch
 
 
 def test_no_whole_checkpoint_starts_over(tmp_path: Path, monkeypatch, caplog) -> None:
-    qa = _qa(tmp_path)
-    _crash_at(monkeypatch, 4)
-    with pytest.raises(RuntimeError):
-        _run(tmp_path, qa, "out", "train.save_every=1")
-    monkeypatch.delenv("SWEEP_FAULT")
+    qa = _crashed(tmp_path, monkeypatch, 4)
     (tmp_path / "out" / "checkpoints" / "mb-0000002" / "state.json").write_text("{")
     recorder = Recorder()
     with caplog.at_level(logging.INFO):
@@ -137,11 +132,7 @@ def test_no_whole_checkpoint_starts_over(tmp_path: Path, monkeypatch, caplog) ->
 
 
 def test_a_checkpoint_of_another_config_is_refused(tmp_path: Path, monkeypatch) -> None:
-    qa = _qa(tmp_path)
-    _crash_at(monkeypatch, 4)
-    with pytest.raises(RuntimeError):
-        _run(tmp_path, qa, "out", "train.save_every=1")
-    monkeypatch.delenv("SWEEP_FAULT")
+    qa = _crashed(tmp_path, monkeypatch, 4)
     with pytest.raises(CheckpointError, match=r"optimizer.lr=0.02 \(the checkpoint's: 0.01\)"):
         _run(tmp_path, qa, "out", "train.resume=auto", "optimizer.lr=0.02")
     with pytest.raises(CheckpointError, match="train.resume=/no/such: no such checkpoint"):
@@ -151,11 +142,7 @@ def test_a_checkpoint_of_another_config_is_refused(tmp_path: Path, monkeypatch) 
 def test_auto_finds_the_same_config_in_an_earlier_run_folder(tmp_path: Path, monkeypatch,
                                                              unbroken: float) -> None:
     """``outputs/runs/<day>/<time>``: a re-run gets a new folder and still resumes."""
-    qa = _qa(tmp_path)
-    _crash_at(monkeypatch, 8)
-    with pytest.raises(RuntimeError):
-        _run(tmp_path, qa, "runs/day/10-00-00", "train.save_every=1")
-    monkeypatch.delenv("SWEEP_FAULT")
+    qa = _crashed(tmp_path, monkeypatch, 8, out="runs/day/10-00-00")
     recorder = Recorder()
     result = _run(tmp_path, qa, "runs/day/10-05-00", "train.resume=auto", listener=recorder)
     assert recorder.trained[0] == 8

@@ -151,13 +151,9 @@ def latest(root: Path) -> Optional[Path]:
 
 
 def read(path: Path) -> Checkpoint:
-    """Read the checkpoint in ``path`` (a checkpoint folder, or a ``checkpoints`` folder:
-    its latest), checking every file; :class:`CheckpointError` if anything is wrong."""
+    """Read the checkpoint folder ``path``, checking every file; :class:`CheckpointError`
+    if anything is wrong."""
     path = Path(path)
-    if (path / POINTER).is_file() or (not (path / STATE_FILE).exists() and path.is_dir()
-                                      and any(path.glob("mb-*"))):
-        found = latest(path)
-        path = found if found is not None else path
     state_file = path / STATE_FILE
     if not state_file.is_file():
         raise CheckpointError(f"{state_file}: no such file (not a checkpoint, or a partial one)")
@@ -263,10 +259,9 @@ def find_resume(resume: Optional[str], output_dir: Path, config: Dict[str, Any],
     path = Path(resume).expanduser()
     if not path.exists():
         raise CheckpointError(f"train.resume={resume}: no such checkpoint")
-    folders = candidates(path) if not (path / STATE_FILE).exists() else [path]
-    if not folders and not (path / STATE_FILE).exists():
-        folders = [path]
-    state = _state_of(folders[0]) if folders else None
+    # a checkpoint folder, or a checkpoints folder: its checkpoints, newest first
+    folders = [path] if (path / STATE_FILE).exists() else (candidates(path) or [path])
+    state = _state_of(folders[0])
     if state is not None and state.get("fingerprint") != fingerprint(config):
         raise CheckpointError(f"train.resume={resume}: made for another training config: "
                               + "; ".join(differences(state.get("config", {}), config)[:3]))
