@@ -133,8 +133,9 @@ def test_fused_kernels_are_built_for_this_cpu() -> None:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
 def test_freed_arrays_are_reused_without_page_faults() -> None:
     """A few MLP blocks forward and backward (arrays of 1.5-4 MB): with glibc's defaults
-    each step maps fresh pages again (tens of thousands of faults); with sweep's heap
-    settings the steps after the first reuse them."""
+    each step maps fresh pages again (thousands to tens of thousands of faults, by machine:
+    12,809 on CI's, 25,000+ on ours); with sweep's heap settings the steps after the first
+    reuse them."""
     code = ("import resource, sweep.runtime; sweep.runtime.setup(); import mlx.core as mx\n"
             "from sweep.training.cpu_ops import swiglu_recomputed\n"
             "w = [mx.random.normal(s) * 0.02 for s in ((1536, 576), (1536, 576), (576, 1536))]\n"
@@ -154,7 +155,7 @@ def test_freed_arrays_are_reused_without_page_faults() -> None:
                              timeout=300, env={**os.environ, "SWEEP_MALLOC_TUNING": tuning})
         assert out.returncode == 0, out.stderr
         faults[tuning] = int(out.stdout.strip().splitlines()[-1])
-    assert faults["0"] > 20000, faults  # the control: glibc's defaults do fault
+    assert faults["0"] > 2000, faults  # the control: glibc's defaults do fault
     assert faults["1"] < faults["0"] / 20, faults
 
 
