@@ -57,6 +57,9 @@ def train_settings(cfg: SweepConfig, n_train: int, longest: int = 0):
         iters = max(1, math.ceil(t.epochs * n_train / t.batch_size))
     if t.eval_every_epochs is not None:
         eval_every_iters = max(1, round(t.eval_every_epochs * n_train / t.batch_size))
+    stop_at = None
+    if t.stop_after_epochs is not None:
+        stop_at = min(iters, max(1, round(t.stop_after_epochs * n_train / t.batch_size)))
     return LoopSettings(
         iters=iters, batch_size=t.batch_size, grad_accumulation=t.grad_accumulation,
         max_seq_length=t.max_seq_length, max_grad_norm=t.max_grad_norm,
@@ -65,7 +68,7 @@ def train_settings(cfg: SweepConfig, n_train: int, longest: int = 0):
         save_every_seconds=60.0 * t.save_every_minutes,
         early_stop_patience=t.early_stop_patience or 0,
         report_every=t.report_every, compile=t.compile, grad_checkpoint=checkpoint,
-        seed=cfg.seed,
+        seed=cfg.seed, stop_at=stop_at,
     )
 
 
@@ -247,6 +250,11 @@ def run_trial(
                              "eval_seconds": result.eval_seconds}, result.iterations)
         tracker.log_artifacts(adapter_dir, "adapter")
     seconds = time.perf_counter() - started
+    if result.paused:
+        log.info("stopped at micro-batch %d of %d (train.stop_after_epochs=%g), a checkpoint "
+                 "written there: train.resume=auto (the same command without "
+                 "train.stop_after_epochs) trains on to the whole budget", result.iterations,
+                 settings.iters, typed.train.stop_after_epochs)
     log.info("best val_loss %.4f +- %.4f (ppl %.2f; whole validation split) at step %d; "
              "adapter: %s; %.1f s (training %.1f s, evaluation %.1f s)", result.best_val_loss,
              result.best_val_loss_se, math.exp(result.best_val_loss), result.best_step,

@@ -99,3 +99,41 @@ def test_a_killed_sweep_trial_goes_on_from_its_checkpoint(tmp_path: Path) -> Non
     trained = [s for s, _ in _curve(client, continued.info.run_id, "train_loss")]
     assert trained == [2, 4, 6, 8, 10, 12, 14, 16]  # 16 micro-batches in all, not 26
     assert retry.value == pytest.approx(continued.data.metrics["best_val_loss"])
+
+
+def test_a_sweep_searches_a_prefix_then_trains_its_winner_on(tmp_path: Path) -> None:
+    """train.stop_after_epochs in a sweep: every trial stops there with a checkpoint; the
+    best one then goes on to the whole budget as the same MLflow run; running the
+    command again trains nothing."""
+    where = stores(tmp_path / "s")
+    qa = write_qa(tmp_path / "qa.jsonl")
+    cmd = sweep_cmd(where, *RUN[1:], "data=jsonl", f"data.path={qa}", n_trials=2,
+                    tiny=False) + ["model=tiny", "eval.after_sweep=false",
+                                   "registry.after_sweep=false", "hydra.sweeper.pruner=none",
+                                   "train.stop_after_epochs=0.5", "lora.rank=choice(4,8)"]
+    swept = run(cmd)
+    assert swept.returncode == 0, swept.stderr[-3000:]
+    assert "trained on to the whole budget (16 micro-batches)" in swept.stdout, swept.stdout
+
+    study = where.study()
+    done = study.user_attrs["finished_winner"]
+    assert done["trial"] == study.best_trial.number and done["iterations"] == 16
+    assert done["search_val_loss"] == pytest.approx(study.best_value)
+    client, runs = where.runs()
+    trial_runs = {r.data.tags["sweep.trial"]: r for r in runs if "sweep.trial" in r.data.tags}
+    assert sorted(trial_runs) == ["0", "1"]  # the winner's run went on: one curve
+    stopped_at = {n: [s for s, _ in _curve(client, r.info.run_id, "train_loss")][-1]
+                  for n, r in trial_runs.items()}
+    winner = str(done["trial"])
+    assert stopped_at[winner] == 16
+    assert all(4 <= at < 16 for n, at in stopped_at.items() if n != winner), stopped_at
+    finished = trial_runs[winner]
+    steps = [s for s, _ in _curve(client, finished.info.run_id, "train_loss")]
+    assert steps == sorted(set(steps))  # each micro-batch trained once
+    assert finished.info.status == "FINISHED" and finished.data.tags["sweep.finished"] == "true"
+    assert finished.data.metrics["best_val_loss"] == pytest.approx(done["val_loss"])
+
+    again = run(cmd)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "trained to its whole budget already" in again.stdout + again.stderr
+    assert where.study().user_attrs["finished_winner"] == done

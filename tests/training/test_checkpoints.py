@@ -107,6 +107,26 @@ def test_resume_mid_step_keeps_the_accumulated_gradients(tmp_path: Path, monkeyp
     assert result.best_val_loss == pytest.approx(unbroken, abs=1e-6)
 
 
+@pytest.mark.parametrize("epochs", [0.5, 0.625])  # 8 micro-batches an epoch: 4 (a step's
+def test_a_run_stopped_at_a_prefix_goes_on_as_an_unbroken_one(  # end) and 5 (mid-step)
+        tmp_path: Path, unbroken: float, epochs: float) -> None:
+    """train.stop_after_epochs: the schedule stays over the whole budget, the run stops
+    with a checkpoint there (scored on the whole split), and train.resume=auto without it
+    ends as the unbroken run does, training nothing twice."""
+    qa = _qa(tmp_path)
+    first = Recorder()
+    paused = _run(tmp_path, qa, "out", f"train.stop_after_epochs={epochs}", listener=first)
+    at = round(epochs * 8)
+    assert paused.train.paused and paused.train.iterations == at
+    assert first.evals[-1].final and first.evals[-1].iteration == at
+    assert [f.name for f in candidates(tmp_path / "out" / "checkpoints")][0] == f"mb-{at:07d}"
+    rest = Recorder()
+    result = _run(tmp_path, qa, "out", "train.resume=auto", listener=rest)
+    assert not result.train.paused and result.train.iterations == 12
+    assert rest.trained[0] > at
+    assert result.best_val_loss == pytest.approx(unbroken, abs=1e-6)
+
+
 def test_a_corrupt_checkpoint_is_refused_in_one_line(tmp_path: Path, monkeypatch, caplog,
                                                      unbroken: float) -> None:
     qa = _crashed(tmp_path, monkeypatch, 8)

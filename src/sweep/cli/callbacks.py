@@ -5,10 +5,12 @@ a folder that cannot be made (a file in the way, no permission) is one line nami
 ``hydra.run.dir`` or ``hydra.sweep.dir`` and exit status 2, where Hydra's own ``mkdir``
 would end in a traceback and status 1.
 
-:class:`EvaluateWinner` and :class:`RegisterWinner` are what a finished sweep does with its
-winner: the held-out evaluation of the best trial (``eval.after_sweep``) and its
-registration as an MLflow model (``registry.after_sweep``), each once per winner, after
-the sweeper has returned (the sweep loop itself only runs trials).
+:class:`FinishWinner`, :class:`EvaluateWinner` and :class:`RegisterWinner` are what a
+finished sweep does with its winner: training it on to its whole budget when the trials
+stopped short (``train.stop_after_epochs``), the held-out evaluation of the best trial
+(``eval.after_sweep``) and its registration as an MLflow model (``registry.after_sweep``),
+each once per winner, after the sweeper has returned (the sweep loop itself only runs
+trials).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from sweep.errors import SweepError
 from sweep.paths import ensure_folder
 from sweep.study import EVALUATED_ATTR, WORKER_ENV
 
-__all__ = ["OutputFolder", "EvaluateWinner", "RegisterWinner"]
+__all__ = ["OutputFolder", "FinishWinner", "EvaluateWinner", "RegisterWinner"]
 
 log = logging.getLogger("sweep.sweeper")
 
@@ -81,6 +83,29 @@ class _AfterSweep(Callback, ABC):
     @abstractmethod
     def after(self, config: DictConfig, study: Any) -> None:
         """Its work on the finished single-objective ``study``, under the study's lock."""
+
+
+class FinishWinner(_AfterSweep):
+    """The best trial trained on from its checkpoint to its whole budget, when the trials
+    searched a prefix of it (:mod:`sweep.study.finish`), before it is evaluated."""
+
+    what = "training the best trial on to its whole budget"
+    switch = "train.finish_winner"
+
+    def after(self, config: DictConfig, study: Any) -> None:
+        from sweep.study.finish import finish_winner
+
+        try:
+            done = finish_winner(study)
+        except Exception as error:  # noqa: BLE001
+            log.warning("training the best trial on to its whole budget failed: %s (re-run "
+                        "the same sweep command to go on from its newest checkpoint)",
+                        _reason(error))
+            return
+        if done:
+            print(f"best trial {done['trial']} trained on to the whole budget "
+                  f"({done['iterations']} micro-batches): val_loss {done['search_val_loss']:.4f}"
+                  f" -> {done['val_loss']:.4f} +- {done['val_loss_se']:.4f}", flush=True)
 
 
 class EvaluateWinner(_AfterSweep):

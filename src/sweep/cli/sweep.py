@@ -90,27 +90,16 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: list) -> float:
 
 
 def resume_point(cfg: DictConfig, link, output_dir: Path, label: str):
-    """Where a stopped trial's retry resumes: its checkpoint where it was written (one
-    machine, or a shared file system), else the copy its MLflow run holds
-    (``mlflow.log_checkpoints``); None for a new trial, or when neither can be read."""
+    """Where a stopped trial's retry resumes (:func:`sweep.study.finish.local_checkpoint`);
+    None for a new trial, or when its checkpoint cannot be read."""
+    from sweep.config import to_typed
+    from sweep.study.finish import local_checkpoint
+
     checkpoint, run_id = link.resume_from()
     if checkpoint is None:
         return None
-    if Path(checkpoint).exists():
-        return checkpoint
-    if run_id and cfg.mlflow.enabled:
-        from sweep.config import to_typed
-        from sweep.tracking.mlflow_tracker import fetch_checkpoint
-
-        fetched = fetch_checkpoint(to_typed(cfg).mlflow, run_id, output_dir / "inherited")
-        if fetched is not None:
-            log.info("%s: the checkpoint of the trial it continues is not on this machine; "
-                     "fetched from its MLflow run %s", label, run_id)
-            return str(fetched)
-    log.warning("%s: the checkpoint of the trial it continues, %s, is not on this machine, "
-                "nor in its MLflow run (mlflow.log_checkpoints); training starts from the "
-                "beginning", label, checkpoint)
-    return None
+    return local_checkpoint(checkpoint, run_id, to_typed(cfg).mlflow, output_dir,
+                            f"{label} (continues a stopped trial)")
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")

@@ -233,6 +233,11 @@ class TrainConfig:
     # accumulation. `epochs` (if set) overrides it: epochs * len(train) / batch_size.
     iters: int = 64
     epochs: Optional[float] = None
+    # Stop after this many epochs of that budget, a checkpoint written there (the schedule
+    # stays over the whole budget): a prefix of the full run, which train.resume continues.
+    # A sweep's trials use it to search short; the winner then goes on (finish_winner).
+    stop_after_epochs: Optional[float] = None
+    finish_winner: bool = True
     max_seq_length: int = 512
     max_grad_norm: Optional[float] = 1.0  # null = no clipping
     eval_every: int = 4  # optimizer steps between evaluations (and one at step 0)
@@ -272,6 +277,8 @@ class TrainConfig:
             _require(value > 0, f"train.{key}", "must be > 0", value)
         _require(self.epochs is None or self.epochs > 0, "train.epochs", "must be null or > 0",
                  self.epochs)
+        _require(self.stop_after_epochs is None or self.stop_after_epochs > 0,
+                 "train.stop_after_epochs", "must be null or > 0", self.stop_after_epochs)
         _require(self.epochs is not None or self.iters >= self.grad_accumulation,
                  "train.iters", "must be >= train.grad_accumulation (at least one optimizer "
                  "step)", self.iters)

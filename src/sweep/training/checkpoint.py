@@ -184,7 +184,8 @@ def read(path: Path) -> Checkpoint:
 # -- which checkpoint a run resumes from ---------------------------------------------
 
 TRAINING_KEYS = ("seed", "model.", "lora.", "optimizer.", "scheduler.", "data.", "train.")
-NOT_TRAINING = ("train.resume", "train.save_every", "train.save_every_minutes",
+NOT_TRAINING = ("train.resume", "train.stop_after_epochs", "train.finish_winner",
+                "train.save_every", "train.save_every_minutes",
                 "train.keep_checkpoints", "train.report_every", "train.compile",
                 "model.path", "model.tokenizer_path")
 

@@ -63,6 +63,7 @@ class TrainResult:
     best_iteration: int = 0
     base_val_loss: float = float("nan")  # step 0, the same examples as the other evaluations
     stopped_early: bool = False  # train.patience evaluations without improvement
+    paused: bool = False  # at train.stop_after_epochs: a prefix of the run, train.resume goes on
 
 
 class TrialStopped(Exception):

@@ -57,6 +57,7 @@ class LoopSettings:
     compile: bool = True
     grad_checkpoint: bool = False  # recompute each block in the backward pass
     seed: int = 0
+    stop_at: Optional[int] = None  # micro-batch to stop at, checkpointed (the schedule stays over iters)
 
     @property
     def total_steps(self) -> int:
@@ -198,8 +199,9 @@ def _train(model: nn.Module, optimizer: optim.Optimizer, train_set, val_set,
                               rng=np.random.default_rng(settings.seed), loop=True,
                               skip=p.iteration)
     grad_norm = float("nan")
+    end = min(settings.stop_at or settings.iters, settings.iters)
     with DeferredStop() as stop:
-        for iteration in range(p.iteration + 1, settings.iters + 1):
+        for iteration in range(p.iteration + 1, end + 1):
             tokens, bounds, n_tokens = next(batches)
             start = time.perf_counter()
             point("train_step")
@@ -216,25 +218,23 @@ def _train(model: nn.Module, optimizer: optim.Optimizer, train_set, val_set,
             p.window_loss, p.window_micro = p.window_loss + loss_value, p.window_micro + 1
             p.window_tokens, p.trained = p.window_tokens + n_tokens, p.trained + n_tokens
             last = iteration == settings.iters
+            pause = iteration == end and not last  # a prefix of the run: it can go on
             if p.in_step == settings.grad_accumulation or last:
                 grad_norm = apply_update(accumulated, p.in_step)
                 accumulated, p.in_step, p.step = None, 0, p.step + 1
             elapsed = time.perf_counter() - start
             p.window_seconds += elapsed
             p.train_seconds += elapsed
-            if p.in_step:
+            if p.in_step and not pause:
                 stop_if_asked(stop, checkpoints, save, saved=False)
                 continue
-            if not math.isfinite(grad_norm):
-                raise NonFiniteLossError(f"gradient norm is {grad_norm} at step {p.step}; try "
-                                         "a lower optimizer.lr or set train.max_grad_norm")
-            train_loss = p.window_loss / p.window_micro
-            check_not_dead(p.step, train_loss, grad_norm, uniform)
-            if p.step % settings.report_every == 0 or last:
+            if not p.in_step:
+                _check_update(p, grad_norm, uniform)
+            if not p.in_step and (p.step % settings.report_every == 0 or last):
                 listener.on_train_report(TrainReport(
                     step=p.step,
                     iteration=iteration,
-                    train_loss=train_loss,
+                    train_loss=p.window_loss / p.window_micro,
                     learning_rate=optimizer.learning_rate.item(),
                     grad_norm=grad_norm,
                     tokens_per_sec=p.window_tokens / max(p.window_seconds, 1e-9),
@@ -243,7 +243,10 @@ def _train(model: nn.Module, optimizer: optim.Optimizer, train_set, val_set,
                 ))
                 p.window_loss = p.window_seconds = 0.0
                 p.window_micro = p.window_tokens = 0
-            if settings.eval_every_iters:
+            due = False  # evaluations fall on optimizer steps (not within a paused one)
+            if p.in_step:
+                pass
+            elif settings.eval_every_iters:
                 due = iteration >= p.next_eval
                 while p.next_eval <= iteration:
                     p.next_eval += settings.eval_every_iters
@@ -254,6 +257,10 @@ def _train(model: nn.Module, optimizer: optim.Optimizer, train_set, val_set,
                 if (settings.early_stop_patience
                         and validation.since_best >= settings.early_stop_patience):
                     p.stopped_early = last = True
+            if pause and not last:  # the state an unbroken run has here, for train.resume
+                if checkpoints is not None:
+                    save("stop")
+                p.paused = last = True
             if last:
                 validation.final(p.step, iteration, p.trained, grad_norm, uniform)
                 break
@@ -264,4 +271,11 @@ def _train(model: nn.Module, optimizer: optim.Optimizer, train_set, val_set,
     v = validation
     return TrainResult(v.chosen.loss, v.chosen_at[0], p.step, p.iteration, p.trained,
                        p.train_seconds, v.seconds, v.chosen.se, v.chosen_at[1], v.base.loss,
-                       p.stopped_early)
+                       p.stopped_early, p.paused)
+
+
+def _check_update(p: Progress, grad_norm: float, uniform: float) -> None:
+    if not math.isfinite(grad_norm):
+        raise NonFiniteLossError(f"gradient norm is {grad_norm} at step {p.step}; try "
+                                 "a lower optimizer.lr or set train.max_grad_norm")
+    check_not_dead(p.step, p.window_loss / p.window_micro, grad_norm, uniform)

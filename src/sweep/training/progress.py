@@ -49,6 +49,7 @@ class Progress:
     window_tokens: int = 0
     window_seconds: float = 0.0
     stopped_early: bool = False
+    paused: bool = False  # stopped at LoopSettings.stop_at, a checkpoint written there
     saved_at: float = 0.0  # time.monotonic() of the last checkpoint (not saved)
 
     FIELDS = ("iteration", "step", "in_step", "trained", "next_eval", "train_seconds",

@@ -1,0 +1,99 @@
+"""The sweep's winner trained on to the whole budget.
+
+A sweep whose trials train a prefix of their budget (``train.stop_after_epochs``, fixed
+in ``hydra.sweeper.params``; the schedule stays over ``train.epochs``) compares them at
+equal data and cheaply; each stops with a checkpoint of its whole training state. Once the
+sweep is over, the best one goes on from that checkpoint to the whole budget, as the same
+run (its folder, its MLflow run: the curve is one piece), exactly as if it had never
+stopped, so the adapter the sweep ships is trained as the user would train it. The
+study records the result (``finished_winner``) so that re-running the command does not
+train it again; a finishing run killed midway goes on from its newest checkpoint when the
+command runs again (``train.save_every_minutes``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from omegaconf import OmegaConf, open_dict
+
+__all__ = ["FINISHED_ATTR", "finish_winner", "local_checkpoint"]
+
+FINISHED_ATTR = "finished_winner"  # study user attr: the winner's whole-budget result
+
+log = logging.getLogger("sweep.sweeper")
+
+
+def local_checkpoint(checkpoint: Optional[str], run_id: Optional[str], mlflow_cfg: Any,
+                     folder: Path, label: str) -> Optional[str]:
+    """``checkpoint`` where it was written (one machine, or a shared file system), else
+    the copy the trial's MLflow run holds (``mlflow.log_checkpoints``), fetched into
+    ``folder/inherited``; None (and a warning) when neither can be read."""
+    if checkpoint is None:
+        return None
+    if Path(checkpoint).exists():
+        return checkpoint
+    if run_id and mlflow_cfg.enabled:
+        from sweep.tracking.mlflow_tracker import fetch_checkpoint
+
+        fetched = fetch_checkpoint(mlflow_cfg, run_id, folder / "inherited")
+        if fetched is not None:
+            log.info("%s: its checkpoint is not on this machine; fetched from its MLflow run "
+                     "%s", label, run_id)
+            return str(fetched)
+    log.warning("%s: its checkpoint, %s, is not on this machine, nor in its MLflow run "
+                "(mlflow.log_checkpoints); training starts from the beginning", label,
+                checkpoint)
+    return None
+
+
+def finish_winner(study: Any) -> Optional[Dict[str, Any]]:
+    """Train the best trial of ``study`` on to its whole budget, if it stopped short; its
+    result (also in the study's ``finished_winner`` attr), or None when there is nothing
+    to do."""
+    from sweep.config import to_typed
+    from sweep.study.trials import CHECKPOINT_ATTR
+    from hydra.utils import get_method
+
+    from sweep.study.winner import best as winner
+
+    best = winner(study)
+    if best is None:
+        return None
+    done = study.user_attrs.get(FINISHED_ATTR) or {}
+    if done.get("trial") == best.number:
+        log.info("best trial %d was trained to its whole budget already (val_loss %.4f)",
+                 best.number, done["val_loss"])
+        return None
+    folder = best.user_attrs.get("output_dir")
+    saved = Path(folder or "") / "config" / "config.yaml"
+    if not folder or not saved.is_file():
+        log.warning("best trial %d: its config (%s) is not on this machine; it stays "
+                    "trained to its search budget", best.number, saved)
+        return None
+    cfg = OmegaConf.load(saved)
+    stop = OmegaConf.select(cfg, "train.stop_after_epochs")
+    if stop is None or not OmegaConf.select(cfg, "train.finish_winner", default=True):
+        return None
+    label = f"trial {best.number}, on to the whole budget"
+    resume = local_checkpoint(best.user_attrs.get(CHECKPOINT_ATTR),
+                              best.user_attrs.get("mlflow_run_id"), to_typed(cfg).mlflow,
+                              Path(folder), label)
+    with open_dict(cfg):
+        cfg.train.stop_after_epochs = None
+        cfg.train.resume = resume or "auto"
+    log.info("best trial %d (val_loss %.4f after train.stop_after_epochs=%g): training it "
+             "on to the whole budget", best.number, best.value, stop)
+    run_trial = get_method(str(OmegaConf.select(cfg, "runner._target_",
+                                                default="sweep.trial.run_trial")))
+    result = run_trial(cfg, Path(folder), overrides=["train.stop_after_epochs=null"],
+                       run_name=f"trial-{best.number}", label=label,
+                       tags={"sweep.trial": str(best.number), "sweep.finished": "true"})
+    record = {"trial": best.number, "val_loss": result.best_val_loss,
+              "val_loss_se": result.best_val_loss_se, "search_val_loss": best.value,
+              "search_epochs": stop, "iterations": result.train.iterations,
+              "run_id": result.run_id, "seconds": round(result.seconds, 1)}
+    study.set_user_attr(FINISHED_ATTR, record)
+    return record
