@@ -132,6 +132,11 @@ def test_a_sweep_searches_a_prefix_then_trains_its_winner_on(tmp_path: Path) -> 
     assert steps == sorted(set(steps))  # each micro-batch trained once
     assert finished.info.status == "FINISHED" and finished.data.tags["sweep.finished"] == "true"
     assert finished.data.metrics["best_val_loss"] == pytest.approx(done["val_loss"])
+    report = next((tmp_path / "s").glob("**/report"))  # the finished adapter is the shipped one
+    adapter = Path(finished.data.tags["sweep.output_dir"]) / "adapter" / "adapters.safetensors"
+    assert (report / "best_adapter" / "adapters.safetensors").read_bytes() == adapter.read_bytes()
+    parent = next(r for r in runs if "sweep.trial" not in r.data.tags)
+    assert client.get_run(parent.info.run_id).data.tags["sweep.finished_trial"] == winner
 
     again = run(cmd)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sweep.testing.faults import point
 from sweep.study.winner import best_trials
 
+from sweep.study import PARENT_ATTR
 from sweep.study.trials import ran
 
 from hydra_plugins.sweep_optuna._leaderboard import (format_value, leaderboard,
@@ -30,7 +31,6 @@ from hydra_plugins.sweep_optuna._proposals import SweepAborted
 from hydra_plugins.sweep_optuna._search_space import SearchSpace
 
 log = logging.getLogger("sweep.sweeper")
-PARENT_ATTR = "mlflow_parent_run_id"
 PARENT_WAIT = 60.0  # seconds a process that did not make the study waits for its parent run
 
 

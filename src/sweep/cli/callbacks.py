@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
@@ -96,7 +97,7 @@ class FinishWinner(_AfterSweep):
         from sweep.study.finish import finish_winner
 
         try:
-            done = finish_winner(study)
+            done = finish_winner(study, Path(str(config.hydra.sweep.dir)) / "report")
         except Exception as error:  # noqa: BLE001
             log.warning("training the best trial on to its whole budget failed: %s (re-run "
                         "the same sweep command to go on from its newest checkpoint)",

@@ -6,3 +6,5 @@ compatibility door to library internals (:mod:`sweep.study._compat`)."""
 WORKER_ENV = "SWEEP_OPTUNA_WORKER"
 # study user attr: the best trial that was evaluated on the test split
 EVALUATED_ATTR = "evaluated_trial"
+# study user attr: the study's MLflow parent run (one per study)
+PARENT_ATTR = "mlflow_parent_run_id"

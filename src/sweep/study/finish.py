@@ -49,10 +49,11 @@ def local_checkpoint(checkpoint: Optional[str], run_id: Optional[str], mlflow_cf
     return None
 
 
-def finish_winner(study: Any) -> Optional[Dict[str, Any]]:
+def finish_winner(study: Any, report_dir: Optional[Path] = None) -> Optional[Dict[str, Any]]:
     """Train the best trial of ``study`` on to its whole budget, if it stopped short; its
     result (also in the study's ``finished_winner`` attr), or None when there is nothing
-    to do."""
+    to do. The sweep's ``report_dir`` (and its MLflow parent run's ``report/``) then holds
+    the finished adapter as ``best_adapter``."""
     from sweep.config import to_typed
     from sweep.study.trials import CHECKPOINT_ATTR
     from hydra.utils import get_method
@@ -96,4 +97,32 @@ def finish_winner(study: Any) -> Optional[Dict[str, Any]]:
               "search_epochs": stop, "iterations": result.train.iterations,
               "run_id": result.run_id, "seconds": round(result.seconds, 1)}
     study.set_user_attr(FINISHED_ATTR, record)
+    if report_dir is not None:
+        _refresh_report(study, Path(folder) / "adapter", Path(report_dir), record,
+                        to_typed(cfg).mlflow)
     return record
+
+
+def _refresh_report(study: Any, adapter: Path, report_dir: Path, record: Dict[str, Any],
+                    mlflow_cfg: Any) -> None:
+    """The sweep's report (written when the sweep ended) gets the finished adapter."""
+    import json
+    import shutil
+
+    from sweep.study import PARENT_ATTR
+
+    target = report_dir / "best_adapter"
+    if adapter.is_dir() and report_dir.is_dir():
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(adapter, target)
+        (report_dir / "finished_winner.json").write_text(json.dumps(record, indent=1) + "\n")
+    parent = study.user_attrs.get(PARENT_ATTR)
+    if not (mlflow_cfg.enabled and parent and target.is_dir()):
+        return
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_cfg.tracking_uri)
+    client.log_metric(parent, "best_value_whole_budget", record["val_loss"])
+    client.set_tag(parent, "sweep.finished_trial", str(record["trial"]))
+    client.log_artifacts(parent, str(target), "report/best_adapter")
+    client.log_artifact(parent, str(report_dir / "finished_winner.json"), "report")
