@@ -69,7 +69,8 @@ def qa_file(tmp_path: Path) -> Path:
 
 
 def tiny_overrides(tmp_path: Path, qa: Path, *extra: str) -> List[str]:
-    return ["model=tiny", "data=jsonl", f"data.path={qa}", "train.iters=4",
+    return ["model=tiny", "data=jsonl", f"data.path={qa}", "train.iters=4", "train.epochs=null",
+            "train.stop_after_epochs=null",  # in a sweep: not the default search's budget
             "train.grad_accumulation=2", "train.eval_every=1", "train.eval_every_iters=null",
             "train.val_batches=1",
             f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow/m.db", *extra]

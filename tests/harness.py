@@ -25,7 +25,9 @@ from sweep.testing.zero_cost import TARGET as ZERO_COST  # light: no model, no m
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = [sys.executable, "-m", "sweep"]
 # the tiny model trained briefly, evaluated at the same points in every trial
-TINY = ["model=tiny", "train.iters=8", "train.val_batches=2", "train.eval_every_iters=4"]
+# (train.iters: not the default search's budget in epochs, nor its prefix)
+TINY = ["model=tiny", "train.iters=8", "train.epochs=null", "train.stop_after_epochs=null",
+        "train.val_batches=2", "train.eval_every_iters=4"]
 
 _template: Optional[Path] = None
 

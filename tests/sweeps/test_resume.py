@@ -20,7 +20,8 @@ pytestmark = pytest.mark.slow
 # moving weights (lr, dropout) over 16 micro-batches, a whole-state checkpoint every step
 RUN = ["model=tiny", "train.iters=16", "train.grad_accumulation=2", "train.val_batches=1",
        "train.eval_every_iters=null", "train.eval_every=2", "optimizer.lr=0.01",
-       "lora.dropout=0.1", "train.save_every=1"]
+       "lora.dropout=0.1", "train.save_every=1", "train.epochs=null",
+       "train.stop_after_epochs=null"]
 
 
 def _single(where, qa: Path, folder: str, *extra: str):

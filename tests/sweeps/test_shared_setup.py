@@ -91,7 +91,8 @@ def _sweep_cmd(tmp: Path, qa: Path, storage: str, tracking: str, sweep_dir: str,
     extra = tuple(e for e in extra if not e.startswith("--"))
     return [sys.executable, "-m", "sweep", "-m", *flags, "model=tiny", "data=jsonl",
             f"data.path={qa}",
-            "data.test_fraction=0.2", "train.iters=4", "train.grad_accumulation=1",
+            "data.test_fraction=0.2", "train.iters=4", "train.epochs=null",
+            "train.stop_after_epochs=null", "train.grad_accumulation=1",
             "train.eval_every_iters=2", "train.val_batches=1", "eval.max_tokens=4",
             f"cache_dir={tmp.parent}/cache", f"hydra.sweeper.storage={storage}",
             f"mlflow.tracking_uri={tracking}", f"hydra.sweep.dir={tmp}/{sweep_dir}", *extra]

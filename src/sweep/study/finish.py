@@ -78,6 +78,11 @@ def finish_winner(study: Any, report_dir: Optional[Path] = None) -> Optional[Dic
     stop = OmegaConf.select(cfg, "train.stop_after_epochs")
     if stop is None or not OmegaConf.select(cfg, "train.finish_winner", default=True):
         return None
+    if CHECKPOINT_ATTR not in best.user_attrs:  # a runner that writes none (zero-cost)
+        log.warning("best trial %d stopped at train.stop_after_epochs=%g without a "
+                    "checkpoint to go on from; it stays trained to its search budget",
+                    best.number, stop)
+        return None
     label = f"trial {best.number}, on to the whole budget"
     resume = local_checkpoint(best.user_attrs.get(CHECKPOINT_ATTR),
                               best.user_attrs.get("mlflow_run_id"), to_typed(cfg).mlflow,
