@@ -256,8 +256,9 @@ def run_trial(
                  "train.stop_after_epochs) trains on to the whole budget", result.iterations,
                  settings.iters, typed.train.stop_after_epochs)
     log.info("best val_loss %.4f +- %.4f (ppl %.2f; whole validation split) at step %d; "
-             "adapter: %s; %.1f s (training %.1f s, evaluation %.1f s)", result.best_val_loss,
+             "adapter: %s; %.1f s (training %.1f s, evaluation %.1f s%s)", result.best_val_loss,
              result.best_val_loss_se, math.exp(result.best_val_loss), result.best_step,
-             adapter_dir, seconds, result.train_seconds, result.eval_seconds)
+             adapter_dir, seconds, result.train_seconds, result.eval_seconds,
+             "; both since the run's start, before it was resumed" if resume else "")
     return TrialResult(result.best_val_loss, result.best_step, adapter_dir, loaded.path,
                        tracker.run_id, n_trainable, result, seconds)
