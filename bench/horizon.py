@@ -147,6 +147,76 @@ def table(epochs: float) -> List[Row]:
                         pick == best, f"Spearman {spearman(at, truth):.2f}; picks {pick}"))
     rows.append(Row(f"full budget ({epochs:g} epochs) best", final[best], "loss", "", None,
                     f"{best} of {len(complete)} configurations"))
+    return rows + prefix_rows({c: full[c] for c in complete}, final, rungs)
+
+
+def replay_prefix(curves: Dict[str, Dict[int, Dict[str, Any]]], final: Dict[str, float],
+                  stop: int, end: int, pruner: Tuple[str, Dict[str, Any]], order: Sequence[str]
+                  ) -> Tuple[str, int]:
+    """One default-style sweep replayed: the configurations of ``order`` in turn, each
+    trained to micro-batch ``stop`` (pruned at the rungs before it by ``pruner``, built as
+    every job builds it), the best at ``stop`` then trained on to ``end``. Its pick and the
+    micro-batches it trained."""
+    import optuna
+
+    from sweep.stats import example_record
+    from sweep.study.link import build_pruner
+    from sweep.study.pruning import examples_attr
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(pruner=build_pruner(*pruner))
+    compute, at_stop = 0, {}
+    for config in order:
+        trial, seen = study.ask(), curves[config]
+        pruned = False
+        for rung in sorted(r for r in seen if 0 < r < stop and not seen[r]["final"]):
+            r = seen[rung]
+            trial.set_user_attr(examples_attr(rung), example_record(
+                r["examples"], r["example_losses"], r["example_tokens"]))
+            trial.report(r["val_loss"], rung)
+            if trial.should_prune():
+                compute += rung
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                pruned = True
+                break
+        if not pruned:
+            value = final[config] if stop >= end else seen[stop]["val_loss"]
+            compute += min(stop, end)
+            at_stop[config] = value
+            study.tell(trial, value)
+    pick = min(at_stop, key=at_stop.get)
+    return pick, compute + max(0, end - stop)
+
+
+def prefix_rows(curves: Dict[str, Dict[int, Dict[str, Any]]], final: Dict[str, float],
+                rungs: Sequence[int], n_trials: int = 6, seeds: int = 200) -> List[Row]:
+    """Each prefix a sweep could search (a rung, or the whole budget) with and without the
+    paired median pruner at the rungs before it, over ``seeds`` random orders of
+    ``n_trials`` configurations: how often the pick is the best at the full budget of the
+    configurations it saw, its mean regret (full-budget loss over that best), and its
+    compute against training all of them to the full budget."""
+    configs = sorted(curves)
+    end = max(max(seen) for seen in curves.values())
+    n = min(n_trials, len(configs))
+    rng = np.random.default_rng(0)
+    orders = [list(rng.permutation(configs)[:n]) for _ in range(seeds)]
+    rows: List[Row] = []
+    for stop in [*rungs, end]:
+        for pruner in (("none", {}), ("paired_median", {})):
+            if pruner[0] != "none" and not any(r < stop for r in rungs):
+                continue  # no rung before the stop to prune at
+            hits, regret, compute = 0, [], []
+            for order in orders:
+                pick, trained = replay_prefix(curves, final, stop, end, pruner, order)
+                best = min(order, key=final.get)
+                hits += pick == best
+                regret.append(final[pick] - final[best])
+                compute.append(trained / (n * end))
+            where = "the whole budget" if stop >= end else f"micro-batch {stop}"
+            rows.append(Row(f"search to {where}, pruner {pruner[0]}: picks the best",
+                            hits / seeds, "share", "", None,
+                            f"mean regret {np.mean(regret):.4f}; compute {np.median(compute):.0%}"
+                            f" of {n} trials x {end} micro-batches (median of {seeds} orders)"))
     return rows
 
 
