@@ -143,3 +143,34 @@ def test_a_sweep_searches_a_prefix_then_trains_its_winner_on(tmp_path: Path) -> 
     assert again.returncode == 0, again.stderr[-3000:]
     assert "trained to its whole budget already" in again.stdout + again.stderr
     assert where.study().user_attrs["finished_winner"] == done
+
+
+def test_a_winner_trained_elsewhere_is_finished_here_from_its_mlflow_run(tmp_path: Path) -> None:
+    """The winner's folder is not on this machine (deleted here): its config and its
+    checkpoint come from its MLflow run (mlflow.log_checkpoints), it goes on in this
+    sweep's folder, and its MLflow run goes on."""
+    import shutil
+
+    where = stores(tmp_path / "s")
+    qa = write_qa(tmp_path / "qa.jsonl")
+    cmd = sweep_cmd(where, *RUN[1:], "data=jsonl", f"data.path={qa}", n_trials=2,
+                    tiny=False) + ["model=tiny", "eval.after_sweep=false",
+                                   "registry.after_sweep=false", "hydra.sweeper.pruner=none",
+                                   "train.stop_after_epochs=0.5", "lora.rank=choice(4,8)",
+                                   "mlflow.log_checkpoints=true"]
+    searched = run(cmd + ["train.finish_winner=false"])
+    assert searched.returncode == 0, searched.stderr[-3000:]
+    assert "trained on to the whole budget" not in searched.stdout
+    best = where.study().best_trial
+    shutil.rmtree(best.user_attrs["output_dir"])  # trained on "another machine"
+    finished = run(cmd)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "trained on another machine" in finished.stdout + finished.stderr
+    assert "fetched from its MLflow run" in finished.stdout + finished.stderr
+    assert "trained on to the whole budget (16 micro-batches)" in finished.stdout
+    done = where.study().user_attrs["finished_winner"]
+    assert done["trial"] == best.number and done["run_id"] == best.user_attrs["mlflow_run_id"]
+    client, runs = where.runs()
+    assert len([r for r in runs if "sweep.trial" in r.data.tags]) == 2  # its run went on
+    steps = [s for s, _ in _curve(client, done["run_id"], "train_loss")]
+    assert steps[-1] == 16 and steps == sorted(set(steps))

@@ -94,10 +94,15 @@ class FinishWinner(_AfterSweep):
     switch = "train.finish_winner"
 
     def after(self, config: DictConfig, study: Any) -> None:
+        from sweep.config import to_typed
         from sweep.study.finish import finish_winner
 
+        cfg = config.copy()
+        with open_dict(cfg):
+            del cfg["hydra"]
         try:
-            done = finish_winner(study, Path(str(config.hydra.sweep.dir)) / "report")
+            done = finish_winner(study, Path(str(config.hydra.sweep.dir)) / "report",
+                                 to_typed(cfg).mlflow)
         except Exception as error:  # noqa: BLE001
             log.warning("training the best trial on to its whole budget failed: %s (re-run "
                         "the same sweep command to go on from its newest checkpoint)",

@@ -49,15 +49,18 @@ def local_checkpoint(checkpoint: Optional[str], run_id: Optional[str], mlflow_cf
     return None
 
 
-def finish_winner(study: Any, report_dir: Optional[Path] = None) -> Optional[Dict[str, Any]]:
+def finish_winner(study: Any, report_dir: Optional[Path] = None,
+                  mlflow_cfg: Any = None) -> Optional[Dict[str, Any]]:
     """Train the best trial of ``study`` on to its whole budget, if it stopped short; its
     result (also in the study's ``finished_winner`` attr), or None when there is nothing
-    to do. The sweep's ``report_dir`` (and its MLflow parent run's ``report/``) then holds
-    the finished adapter as ``best_adapter``."""
-    from sweep.config import to_typed
-    from sweep.study.trials import CHECKPOINT_ATTR
+    to do. A winner trained on another machine is finished here, in ``report_dir``'s
+    sweep folder, from its MLflow run's config and checkpoint (``mlflow_cfg``: this
+    command's tracking settings). The sweep's ``report_dir`` (and its MLflow parent run's
+    ``report/``) then holds the finished adapter as ``best_adapter``."""
     from hydra.utils import get_method
 
+    from sweep.config import to_typed
+    from sweep.study.trials import CHECKPOINT_ATTR
     from sweep.study.winner import best as winner
 
     best = winner(study)
@@ -68,15 +71,11 @@ def finish_winner(study: Any, report_dir: Optional[Path] = None) -> Optional[Dic
         log.info("best trial %d was trained to its whole budget already (val_loss %.4f)",
                  best.number, done["val_loss"])
         return None
-    folder = best.user_attrs.get("output_dir")
-    saved = Path(folder or "") / "config" / "config.yaml"
-    if not folder or not saved.is_file():
-        log.warning("best trial %d: its config (%s) is not on this machine; it stays "
-                    "trained to its search budget", best.number, saved)
+    folder, cfg = _winner_folder_and_config(best, report_dir, mlflow_cfg)
+    if cfg is None:
         return None
-    cfg = OmegaConf.load(saved)
     stop = OmegaConf.select(cfg, "train.stop_after_epochs")
-    if stop is None or not OmegaConf.select(cfg, "train.finish_winner", default=True):
+    if stop is None:
         return None
     if CHECKPOINT_ATTR not in best.user_attrs:  # a runner that writes none (zero-cost)
         log.warning("best trial %d stopped at train.stop_after_epochs=%g without a "
@@ -86,7 +85,7 @@ def finish_winner(study: Any, report_dir: Optional[Path] = None) -> Optional[Dic
     label = f"trial {best.number}, on to the whole budget"
     resume = local_checkpoint(best.user_attrs.get(CHECKPOINT_ATTR),
                               best.user_attrs.get("mlflow_run_id"), to_typed(cfg).mlflow,
-                              Path(folder), label)
+                              folder, label)
     with open_dict(cfg):
         cfg.train.stop_after_epochs = None
         cfg.train.resume = resume or "auto"
@@ -94,7 +93,7 @@ def finish_winner(study: Any, report_dir: Optional[Path] = None) -> Optional[Dic
              "on to the whole budget", best.number, best.value, stop)
     run_trial = get_method(str(OmegaConf.select(cfg, "runner._target_",
                                                 default="sweep.trial.run_trial")))
-    result = run_trial(cfg, Path(folder), overrides=["train.stop_after_epochs=null"],
+    result = run_trial(cfg, folder, overrides=["train.stop_after_epochs=null"],
                        run_name=f"trial-{best.number}", label=label,
                        tags={"sweep.trial": str(best.number), "sweep.finished": "true"})
     record = {"trial": best.number, "val_loss": result.best_val_loss,
@@ -103,9 +102,38 @@ def finish_winner(study: Any, report_dir: Optional[Path] = None) -> Optional[Dic
               "run_id": result.run_id, "seconds": round(result.seconds, 1)}
     study.set_user_attr(FINISHED_ATTR, record)
     if report_dir is not None:
-        _refresh_report(study, Path(folder) / "adapter", Path(report_dir), record,
+        _refresh_report(study, folder / "adapter", Path(report_dir), record,
                         to_typed(cfg).mlflow)
     return record
+
+
+def _winner_folder_and_config(best: Any, report_dir: Optional[Path], mlflow_cfg: Any):
+    """The winner's run folder and its saved config: where it trained, or (trained on
+    another machine) this sweep's folder for it, with the config its MLflow run logged;
+    (None, None) with a warning when neither is there."""
+    folder = Path(best.user_attrs.get("output_dir") or "")
+    saved = folder / "config" / "config.yaml"
+    if best.user_attrs.get("output_dir") and saved.is_file():
+        return folder, OmegaConf.load(saved)
+    run_id = best.user_attrs.get("mlflow_run_id")
+    if report_dir is not None and run_id and mlflow_cfg is not None and mlflow_cfg.enabled:
+        from mlflow.tracking import MlflowClient
+
+        here = Path(report_dir).parent / str(best.number)
+        try:
+            fetched = MlflowClient(tracking_uri=mlflow_cfg.tracking_uri).download_artifacts(
+                run_id, "config/config.yaml", str(here / "fetched"))
+        except Exception as error:  # noqa: BLE001
+            log.warning("best trial %d: its config is neither in %s nor readable from its "
+                        "MLflow run %s (%s: %s); it stays trained to its search budget",
+                        best.number, saved, run_id, type(error).__name__, error)
+            return None, None
+        log.info("best trial %d trained on another machine (%s); it goes on in %s, from its "
+                 "MLflow run's config", best.number, folder, here)
+        return here, OmegaConf.load(fetched)
+    log.warning("best trial %d: its config (%s) is not on this machine; it stays trained to "
+                "its search budget", best.number, saved)
+    return None, None
 
 
 def _refresh_report(study: Any, adapter: Path, report_dir: Path, record: Dict[str, Any],
