@@ -141,6 +141,19 @@ def _resume(typed: SweepConfig, output_dir: Path, flat: Dict[str, Any], train_se
     return resume, meta
 
 
+def _base_scores(typed: SweepConfig, flat: Dict[str, Any], model_dir: str, val_set, settings):
+    """The cache of this run's base-model validation score (one per model, data and
+    settings: :mod:`sweep.training.base_scores`)."""
+    from sweep.paths import cache_root
+    from sweep.training.base_scores import BaseScores, base_scores_key
+    from sweep.training.checkpoint import data_digest
+    from sweep.training.validation import scored_subset
+
+    subset = scored_subset(len(val_set), settings.batch_size, settings.val_batches)
+    key = base_scores_key(flat, model_dir, data_digest(val_set), subset)
+    return BaseScores(cache_root(typed.cache_dir) / "base-scores", key)
+
+
 def run_trial(
     cfg: DictConfig,
     output_dir: Path,
@@ -241,7 +254,8 @@ def run_trial(
         result = train(model, optimizer, train_set, val_set, settings,
                        listener=Listeners([ConsoleReporter(settings.total_steps, label),
                                            tracker, *listeners]),
-                       save_adapter=save, checkpoints=checkpoints, resume=resume)
+                       save_adapter=save, checkpoints=checkpoints, resume=resume,
+                       base_scores=_base_scores(typed, params, loaded.path, val_set, settings))
         tracker.log_metrics({"best_val_loss": result.best_val_loss,
                              "best_val_loss_se": result.best_val_loss_se,
                              "best_step": result.best_step,

@@ -194,7 +194,7 @@ def test_early_stopping_stops_at_the_right_evaluation(tmp_path: Path, monkeypatc
     recorder = Recorder()
     extra = [] if patience is None else [f"train.early_stop_patience={patience}"]
     result = _run(tmp_path, qa, "out", "train.iters=24", "train.eval_every=1", *extra,
-                  listener=recorder)
+                  f"cache_dir={tmp_path}/cache", listener=recorder)  # its own base score
     during = [e.step for e in recorder.evals if not e.final]
     # a stopped run's stopping evaluation is one of those during training; an unbroken
     # run's last step has only the final one

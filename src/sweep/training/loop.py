@@ -89,6 +89,7 @@ def train(
     eval_loss: ExampleLoss = example_losses,
     checkpoints: Optional[Checkpoints] = None,
     resume: Optional[Checkpoint] = None,
+    base_scores=None,
 ) -> TrainResult:
     """Train the model's trainable (LoRA) parameters; returns the best validation loss
     over the whole validation split (:class:`~sweep.training.validation.Validation`).
@@ -101,11 +102,13 @@ def train(
     run stops; ``resume`` (a :class:`~sweep.training.checkpoint.Checkpoint`) continues
     from one. With ``early_stop_patience``, training stops after that many evaluations without
     improvement. On the CPU, attention and SwiGLU are swapped for fusable versions
-    meanwhile (:mod:`sweep.training.cpu_ops`).
+    meanwhile (:mod:`sweep.training.cpu_ops`). ``base_scores`` (a
+    :class:`~sweep.training.base_scores.BaseScores`) holds the base model's score once
+    one trial computed it.
     """
     with fusable_ops_on_cpu(model), checkpointed_blocks(model, settings.grad_checkpoint):
         return _train(model, optimizer, train_set, val_set, settings, listener, save_adapter,
-                      loss, eval_loss, checkpoints, resume)
+                      loss, eval_loss, checkpoints, resume, base_scores)
 
 
 @contextmanager
@@ -137,10 +140,10 @@ def checkpointed_blocks(model: nn.Module, enabled: bool) -> Iterator[None]:
 def _train(model: nn.Module, optimizer: optim.Optimizer, train_set, val_set,
            settings: LoopSettings, listener: Listener, save_adapter: Callable[[str], Path],
            loss: Loss, eval_loss: ExampleLoss, checkpoints: Optional[Checkpoints],
-           resume: Optional[Checkpoint]) -> TrainResult:
+           resume: Optional[Checkpoint], base_scores=None) -> TrainResult:
     validation = Validation(model, val_set, settings.batch_size, settings.max_seq_length,
                             settings.val_batches, listener, save_adapter, eval_loss,
-                            settings.compile)
+                            settings.compile, base_scores)
     progress = Progress()
     accumulated = None
     if resume is not None:  # before compiling: the compiled functions capture the state

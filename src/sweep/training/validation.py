@@ -26,7 +26,8 @@ from sweep.training.events import CheckpointReport, EvalReport, Listener
 from sweep.stats import token_weighted
 from sweep.training.scoring import ExampleLoss, Score, score
 
-__all__ = ["NonFiniteLossError", "CollapsedError", "Validation", "vocab_size", "check_not_dead"]
+__all__ = ["NonFiniteLossError", "CollapsedError", "Validation", "vocab_size", "check_not_dead",
+           "scored_subset"]
 
 
 class NonFiniteLossError(TrialFailed, FloatingPointError):
@@ -55,20 +56,25 @@ def check_not_dead(step: int, train_loss: float, grad_norm: float, uniform: floa
             "any more; try a lower optimizer.lr")
 
 
+def scored_subset(n_examples: int, batch_size: int, val_batches: int) -> int:
+    """The batches an evaluation during training scores; -1: all of them."""
+    n_batches = -(-n_examples // batch_size)
+    return -1 if val_batches == -1 or val_batches >= n_batches else val_batches
+
+
 class Validation:
     """Scores the validation split, reports each evaluation, keeps the best weights (in
     memory: LoRA's are small; and on disk through ``save_adapter("best")``)."""
 
     def __init__(self, model: nn.Module, val_set, batch_size: int, max_seq_length: int,
                  val_batches: int, listener: Listener, save_adapter: Callable[[str], Path],
-                 loss: ExampleLoss, compile: bool = True):
+                 loss: ExampleLoss, compile: bool = True, base_scores: Any = None):
         self.model, self.val_set = model, val_set
         self.batch_size, self.max_seq_length = batch_size, max_seq_length
         self.listener, self.save_adapter = listener, save_adapter
         self.compiled = mx.compile(partial(loss, model), inputs=[model.state]) if compile \
             else partial(loss, model)
-        n_batches = -(-len(val_set) // batch_size)
-        self.subset = -1 if val_batches == -1 or val_batches >= n_batches else val_batches
+        self.subset = scored_subset(len(val_set), batch_size, val_batches)
         self.seconds = 0.0
         self.base: Optional[Score] = None  # step 0, on the subset
         self.best: Optional[Score] = None  # best so far, on the subset
@@ -77,6 +83,7 @@ class Validation:
         self.chosen: Optional[Score] = None  # the final choice, on the whole split
         self.chosen_at = (0, 0)
         self.since_best = 0  # evaluations since the best (for early stopping)
+        self.base_scores = base_scores  # a BaseScores cache of the step-0 score, or None
 
     def state(self) -> Dict[str, Any]:
         """The history a checkpoint keeps (the best weights go beside it as arrays)."""
@@ -110,7 +117,12 @@ class Validation:
 
         point("evaluation")
         start = time.perf_counter()
-        result = self._score(self.subset)
+        cache = self.base_scores if self.base is None else None
+        result = cache.get() if cache is not None else None
+        if result is None:
+            result = self._score(self.subset)
+            if cache is not None:
+                cache.put(result)
         self.seconds += time.perf_counter() - start
         if self.base is None:
             self.base = result
