@@ -147,7 +147,8 @@ def test_json_and_stale_after_the_grace_period(built) -> None:
         "states": {"COMPLETE": 2, "PRUNED": 1, "FAIL": 1, "RUNNING": 2, "WAITING": 1},
         "not_run": 1,
         "best": {"number": 1, "values": [1.1], "params": _params(16, 32, 1e-3)},
-        "pareto_front": None, "heartbeat_interval": HEARTBEAT, "grace_period": 1,
+        "pareto_front": None, "whole_budget": None, "heartbeat_interval": HEARTBEAT,
+        "grace_period": 1,
         "recent_failures": [{"number": 3, "reason": "TrialFailed: val_loss is nan at step 8"}],
     }
     beating, silent = running
@@ -302,3 +303,25 @@ def test_optuna_dashboard_reads_the_study(built) -> None:
             trial.intermediate_values
         assert {a["key"]: a["value"] for a in shown["user_attrs"]} == \
             {k: str(v) for k, v in trial.user_attrs.items()}
+
+
+def test_the_winner_line_while_and_after_it_trains_on_to_its_whole_budget() -> None:
+    from sweep.study.status import render_text
+
+    status = {"study": "s", "storage": "sqlite:///o.db", "objectives": ["val_loss"],
+              "directions": ["minimize"], "n_trials": 2, "finished": 2,
+              "states": {"COMPLETE": 2}, "not_run": 0, "pareto_front": None,
+              "best": {"number": 1, "values": [2.5965], "params": {"lora.rank": 16}},
+              "running": [], "heartbeat_interval": 30, "grace_period": 120,
+              "recent_failures": [], "whole_budget": None}
+    assert not [x for x in render_text(status).splitlines() if x.startswith("winner")]
+    status["whole_budget"] = {"trial": 1, "state": "running", "host": "h", "pid": 7,
+                              "started": time.time() - 125, "search_val_loss": 2.5965}
+    line = next(x for x in render_text(status).splitlines() if x.startswith("winner"))
+    assert re.fullmatch(r"winner      trial 1 training on to its whole budget \(h pid 7, "
+                        r"since 2m0[5-9]s\)", line), line
+    status["whole_budget"] = {"trial": 1, "state": "done", "val_loss": 2.3019,
+                              "val_loss_se": 0.0572, "search_val_loss": 2.5965,
+                              "iterations": 143}
+    assert ("winner      trial 1 trained to its whole budget (143 micro-batches): val_loss "
+            "2.3019 +- 0.0572 (searched: 2.5965)") in render_text(status).splitlines()

@@ -8,3 +8,5 @@ WORKER_ENV = "SWEEP_OPTUNA_WORKER"
 EVALUATED_ATTR = "evaluated_trial"
 # study user attr: the study's MLflow parent run (one per study)
 PARENT_ATTR = "mlflow_parent_run_id"
+# study user attr: the winner trained on to its whole budget (sweep.study.finish)
+FINISHED_ATTR = "finished_winner"

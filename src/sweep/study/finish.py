@@ -14,14 +14,17 @@ command runs again (``train.save_every_minutes``).
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 from omegaconf import OmegaConf, open_dict
 
-__all__ = ["FINISHED_ATTR", "finish_winner", "local_checkpoint"]
+from sweep.study import FINISHED_ATTR  # study attr: the winner's whole-budget result
 
-FINISHED_ATTR = "finished_winner"  # study user attr: the winner's whole-budget result
+__all__ = ["FINISHED_ATTR", "finish_winner", "local_checkpoint"]
 
 log = logging.getLogger("sweep.sweeper")
 
@@ -67,7 +70,7 @@ def finish_winner(study: Any, report_dir: Optional[Path] = None,
     if best is None:
         return None
     done = study.user_attrs.get(FINISHED_ATTR) or {}
-    if done.get("trial") == best.number:
+    if done.get("trial") == best.number and done.get("state") == "done":
         log.info("best trial %d was trained to its whole budget already (val_loss %.4f)",
                  best.number, done["val_loss"])
         return None
@@ -91,12 +94,15 @@ def finish_winner(study: Any, report_dir: Optional[Path] = None,
         cfg.train.resume = resume or "auto"
     log.info("best trial %d (val_loss %.4f after train.stop_after_epochs=%g): training it "
              "on to the whole budget", best.number, best.value, stop)
+    study.set_user_attr(FINISHED_ATTR, {  # for sweep-status meanwhile
+        "trial": best.number, "state": "running", "host": socket.gethostname(),
+        "pid": os.getpid(), "started": time.time(), "search_val_loss": best.value})
     run_trial = get_method(str(OmegaConf.select(cfg, "runner._target_",
                                                 default="sweep.trial.run_trial")))
     result = run_trial(cfg, folder, overrides=["train.stop_after_epochs=null"],
                        run_name=f"trial-{best.number}", label=label,
                        tags={"sweep.trial": str(best.number), "sweep.finished": "true"})
-    record = {"trial": best.number, "val_loss": result.best_val_loss,
+    record = {"trial": best.number, "state": "done", "val_loss": result.best_val_loss,
               "val_loss_se": result.best_val_loss_se, "search_val_loss": best.value,
               "search_epochs": stop, "iterations": result.train.iterations,
               "run_id": result.run_id, "seconds": round(result.seconds, 1)}

@@ -30,6 +30,7 @@ from sweep.study.link import HEARTBEAT_ATTR
 from sweep.paths import mask_password, sqlite_file
 from sweep.study.storages import BEAT_ATTR, is_grpc, open_url
 from sweep.study._compat import has_heartbeat, heartbeat_ages as database_heartbeat_ages
+from sweep.study import FINISHED_ATTR
 from sweep.study.trials import ran
 
 __all__ = ["StatusError", "open_readonly", "load_study", "heartbeat_ages", "study_status",
@@ -146,6 +147,7 @@ def study_status(study: optuna.Study, storage: optuna.storages.RDBStorage, url: 
         "finished": counts["COMPLETE"] + counts["PRUNED"],
         "states": counts, "not_run": sum(1 for t in trials if not ran(t)),
         "best": best, "pareto_front": pareto,
+        "whole_budget": attrs.get(FINISHED_ATTR) or None,
         "heartbeat_interval": int(attrs.get(HEARTBEAT_ATTR, settings.heartbeat_interval)),
         "grace_period": grace, "running": running,
         "recent_failures": [{"number": t.number, "reason": _reason(t)} for t in failed],
@@ -195,6 +197,16 @@ def render_text(s: Dict[str, Any]) -> str:
         lines += [f"  {_scored(t, s['objectives'])}" for t in front["trials"]]
     else:
         lines.append(f"best        {_scored(s['best'], s['objectives']) if s['best'] else '-'}")
+    done = s.get("whole_budget")
+    if done and done.get("state") == "done":
+        lines.append(f"winner      trial {done['trial']} trained to its whole budget "
+                     f"({done['iterations']} micro-batches): val_loss {_value(done['val_loss'])}"
+                     f" +- {_value(done['val_loss_se'])} (searched: "
+                     f"{_value(done['search_val_loss'])})")
+    elif done:
+        lines.append(f"winner      trial {done['trial']} training on to its whole budget "
+                     f"({done.get('host')} pid {done.get('pid')}, since "
+                     f"{_duration(time.time() - done['started']) if done.get('started') else '?'})")
     lines.append(f"running     {len(s['running'])} (heartbeat every {s['heartbeat_interval']} s, "
                  f"stale after {s['grace_period']} s without one)")
     for r in s["running"]:
