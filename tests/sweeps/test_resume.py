@@ -174,3 +174,27 @@ def test_a_winner_trained_elsewhere_is_finished_here_from_its_mlflow_run(tmp_pat
     assert len([r for r in runs if "sweep.trial" in r.data.tags]) == 2  # its run went on
     steps = [s for s, _ in _curve(client, done["run_id"], "train_loss")]
     assert steps[-1] == 16 and steps == sorted(set(steps))
+
+
+def test_a_winner_killed_while_it_trains_on_goes_on_from_its_newest_checkpoint(
+        tmp_path: Path) -> None:
+    where = stores(tmp_path / "s")
+    qa = write_qa(tmp_path / "qa.jsonl")
+    cmd = sweep_cmd(where, *RUN[1:], "data=jsonl", f"data.path={qa}", n_trials=2,
+                    tiny=False) + ["model=tiny", "eval.after_sweep=false",
+                                   "registry.after_sweep=false", "hydra.sweeper.pruner=none",
+                                   "train.stop_after_epochs=0.5", "lora.rank=choice(4,8)"]
+    # 40 train examples: 2 trials x 5 micro-batches, then the winner's 7th after its
+    # prefix (micro-batch 12); a checkpoint every optimizer step (2 micro-batches)
+    killed = run(cmd, env={"SWEEP_FAULT": "train_step:kill@17"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert where.study().user_attrs["finished_winner"]["state"] == "running"
+    again = run(cmd)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "trained on to the whole budget (16 micro-batches)" in again.stdout, again.stdout
+    assert "resumed from" in again.stdout and "mb-0000010" in again.stdout  # not mb-0000005
+    done = where.study().user_attrs["finished_winner"]
+    assert done["state"] == "done" and done["iterations"] == 16
+    client, _ = where.runs()
+    steps = [s for s, _ in _curve(client, done["run_id"], "train_loss")]
+    assert steps[-1] == 16 and steps == sorted(set(steps))

@@ -78,6 +78,8 @@ def finish_winner(study: Any, report_dir: Optional[Path] = None,
     if cfg is None:
         return None
     stop = OmegaConf.select(cfg, "train.stop_after_epochs")
+    if stop is None and done.get("trial") == best.number:  # a finishing run stopped midway
+        stop = done.get("search_epochs")  # (it saved its own config, without the key)
     if stop is None:
         return None
     if CHECKPOINT_ATTR not in best.user_attrs:  # a runner that writes none (zero-cost)
@@ -86,9 +88,12 @@ def finish_winner(study: Any, report_dir: Optional[Path] = None,
                     best.number, stop)
         return None
     label = f"trial {best.number}, on to the whole budget"
-    resume = local_checkpoint(best.user_attrs.get(CHECKPOINT_ATTR),
-                              best.user_attrs.get("mlflow_run_id"), to_typed(cfg).mlflow,
-                              folder, label)
+    if (folder / "checkpoints").is_dir():  # its newest: a finishing run stopped midway's
+        resume = "auto"
+    else:
+        resume = local_checkpoint(best.user_attrs.get(CHECKPOINT_ATTR),
+                                  best.user_attrs.get("mlflow_run_id"), to_typed(cfg).mlflow,
+                                  folder, label)
     with open_dict(cfg):
         cfg.train.stop_after_epochs = None
         cfg.train.resume = resume or "auto"
@@ -96,7 +101,8 @@ def finish_winner(study: Any, report_dir: Optional[Path] = None,
              "on to the whole budget", best.number, best.value, stop)
     study.set_user_attr(FINISHED_ATTR, {  # for sweep-status meanwhile
         "trial": best.number, "state": "running", "host": socket.gethostname(),
-        "pid": os.getpid(), "started": time.time(), "search_val_loss": best.value})
+        "pid": os.getpid(), "started": time.time(), "search_val_loss": best.value,
+        "search_epochs": stop})
     run_trial = get_method(str(OmegaConf.select(cfg, "runner._target_",
                                                 default="sweep.trial.run_trial")))
     result = run_trial(cfg, folder, overrides=["train.stop_after_epochs=null"],
