@@ -55,7 +55,7 @@ def load(path: Optional[Path] = None) -> Dict[Tuple[str, str], Dict[int, Dict[st
 
 
 def record(config: Dict[str, Any], budget: str, overrides: Sequence[str], folder: Path,
-           path: Optional[Path] = None) -> None:
+           path: Optional[Path] = None, only: Sequence[int] = ()) -> None:
     """Train one configuration at one budget, appending each evaluation to ``path``."""
     from sweep.config import compose
     from sweep.training.events import Listener
@@ -66,6 +66,8 @@ def record(config: Dict[str, Any], budget: str, overrides: Sequence[str], folder
 
     class Append(Listener):
         def on_eval_report(self, r) -> None:
+            if only and (r.final or r.iteration not in only):
+                return
             row = {"config": name(config), "budget": budget, "iteration": r.iteration,
                    "step": r.step, "trained_tokens": r.trained_tokens, "final": r.final,
                    "val_loss": r.val_loss, "val_loss_se": r.val_loss_se,
@@ -79,6 +81,25 @@ def record(config: Dict[str, Any], budget: str, overrides: Sequence[str], folder
     result = run_trial(cfg, folder, listeners=[Append()])
     print(f"  {name(config)} {budget}: {result.best_val_loss:.4f} +- "
           f"{result.best_val_loss_se:.4f} ({result.seconds:.0f} s)", flush=True)
+
+
+EARLY = 8  # micro-batches: the default sweep's pruning rungs are 8 and 16
+
+
+def train_early(epochs: float, out: Path, n_train: int = 570, batch: int = 4) -> None:
+    """The full runs' values at micro-batches 8 and 16, where the default sweep prunes: the
+    same 2-epoch run stopped at 16 (``train.stop_after_epochs``, an exact prefix: an
+    evaluation changes no weight), scored there on the whole split; kept as the full
+    budget's rungs 8 and 16."""
+    done = load()
+    for config in GRID:
+        seen = done.get((name(config), "full"), {})
+        if EARLY in seen and 2 * EARLY in seen:
+            continue
+        record(config, "full", [f"train.epochs={epochs}", f"train.eval_every_iters={EARLY}",
+                                "train.val_batches=-1",
+                                f"train.stop_after_epochs={2 * EARLY * batch / n_train:.6f}"],
+               out / "early" / name(config), only=(EARLY, 2 * EARLY))
 
 
 def train_missing(epochs: float, every: int, out: Path) -> None:
@@ -231,6 +252,7 @@ def main() -> None:
         from sweep import runtime
 
         runtime.setup()
+        train_early(args.epochs, args.out)
         train_missing(args.epochs, args.every, args.out)
     from bench.table import machine
 
