@@ -178,6 +178,23 @@ def test_a_changed_choice_list_is_one_line(tmp_path: Path) -> None:
     assert "lora.rank is" in said and "name a new hydra.sweeper.study_name" in said
 
 
+def test_a_study_resumed_at_another_budget_is_one_line(tmp_path: Path) -> None:
+    """Trials of one study compare only at one budget: the default search's (an epoch,
+    its first 0.17 searched) against a study whose trials trained 8 micro-batches."""
+    first = run(command(tmp_path, n=1), zero_cost=True)  # TINY: train.iters=8, no epochs
+    assert first.returncode == 0, first.stderr[-3000:]
+    out = run(command(tmp_path, "train.epochs=1", "train.stop_after_epochs=0.17", n=2),
+              zero_cost=True)
+    said = out.stdout + out.stderr
+    assert out.returncode == 2 and "Traceback" not in said
+    assert ("trained its trials with train.epochs=null train.iters=8 "
+            "train.stop_after_epochs=null, this command with train.epochs=1 train.iters=8 "
+            "train.stop_after_epochs=0.17") in said, said[-2000:]
+    assert len(study(tmp_path).trials) == 1  # nothing asked of the study
+    again = run(command(tmp_path, n=2), zero_cost=True)  # the same budget goes on
+    assert again.returncode == 0 and len(finished(study(tmp_path))) == 2
+
+
 @pytest.mark.parametrize("setting,message", [
     ("hydra.sweeper.n_trials=-1", "hydra.sweeper.n_trials=-1: must be >= 1"),
     ("hydra.sweeper.n_workers=0", "hydra.sweeper.n_workers=0: must be >= 1"),

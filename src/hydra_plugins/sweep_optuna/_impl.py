@@ -43,6 +43,7 @@ from sweep.study.trials import frozen_trial, owner_died, ran, retry_stopped, tel
 from hydra_plugins.sweep_optuna._proposals import (Proposer, QuotaReached, SpaceExhausted,
                                                    SweepAborted, build_sampler, hydra_value)
 from hydra_plugins.sweep_optuna._search_space import (SearchSpace, SearchSpaceError,
+                                                      check_budget_fits, check_space_fits,
                                                       parse_search_space)
 from hydra_plugins.sweep_optuna._storage import (fail_stale, lost_message, open_storage,
                                                  storage_lost)
@@ -201,26 +202,6 @@ class SweeperImpl:
                  f": {reason}" if reason else "", done, int(self.settings["n_trials"]))
 
     # -- the loop ----------------------------------------------------------------
-    def check_space_fits(self, study: optuna.Study, space: SearchSpace) -> None:
-        """A study keeps one choice list per parameter (Optuna refuses another one
-        mid-study); say so before any trial, naming both."""
-        from optuna.distributions import check_distribution_compatibility
-
-        seen: Dict[str, Any] = {}
-        for t in study.get_trials(deepcopy=False):
-            for name, old in t.distributions.items():
-                seen.setdefault(name, old)
-        for name, new in space.distributions.items():
-            if name in seen:
-                try:
-                    check_distribution_compatibility(seen[name], new)
-                except ValueError:
-                    raise SweepAborted(
-                        f"hydra.sweeper.params: {name} is {new} here, but study "
-                        f"'{study.study_name}' searched it as {seen[name]}; Optuna keeps one "
-                        "choice list per parameter in a study: name a new "
-                        "hydra.sweeper.study_name") from None
-
     def check_failure_rate(self, study: optuna.Study) -> None:
         """Stop when too many of the trials this command started failed, or when it has
         seen as many failures as it was asked for trials (with max_failure_rate=1.0 a
@@ -287,7 +268,11 @@ class SweeperImpl:
 
         check_tracking(self.config)
         study = self.open_study(space)
-        self.check_space_fits(study, space)
+        try:
+            check_space_fits(study, space)
+            check_budget_fits(study, space)
+        except SearchSpaceError as error:
+            raise SweepAborted(str(error)) from None
         self.fail_dead_trials(study)
         self._first_trial = len(study.get_trials(deepcopy=False))  # this run's trials start here
         report = StudyReport(study, self.config, self.settings, space)
