@@ -222,7 +222,7 @@ def prefix_rows(curves: Dict[str, Dict[int, Dict[str, Any]]], final: Dict[str, f
     rng = np.random.default_rng(0)
     orders = [list(rng.permutation(configs)[:n]) for _ in range(seeds)]
     rows: List[Row] = []
-    for stop in [*rungs, end]:
+    for stop in [*(r for r in rungs if r <= max([end // 4, *rungs[:1]])), end]:  # a search's prefixes
         for pruner in (("none", {}), ("paired_median", {})):
             if pruner[0] != "none" and not any(r < stop for r in rungs):
                 continue  # no rung before the stop to prune at
