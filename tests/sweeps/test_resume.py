@@ -102,16 +102,24 @@ def test_a_killed_sweep_trial_goes_on_from_its_checkpoint(tmp_path: Path) -> Non
     assert retry.value == pytest.approx(continued.data.metrics["best_val_loss"])
 
 
+def _prefix_sweep(tmp_path: Path, *extra: str):
+    """Stores and a 2-trial tiny sweep whose trials search half an epoch (40 train
+    examples: 5 of 10 micro-batches) of a 16-micro-batch budget."""
+    where = stores(tmp_path / "s")
+    qa = write_qa(tmp_path / "qa.jsonl")
+    return where, sweep_cmd(where, *RUN[1:], "data=jsonl", f"data.path={qa}", n_trials=2,
+                            tiny=False) + ["model=tiny", "eval.after_sweep=false",
+                                           "registry.after_sweep=false",
+                                           "hydra.sweeper.pruner=none",
+                                           "train.stop_after_epochs=0.5",
+                                           "lora.rank=choice(4,8)", *extra]
+
+
 def test_a_sweep_searches_a_prefix_then_trains_its_winner_on(tmp_path: Path) -> None:
     """train.stop_after_epochs in a sweep: every trial stops there with a checkpoint; the
     best one then goes on to the whole budget as the same MLflow run; running the
     command again trains nothing."""
-    where = stores(tmp_path / "s")
-    qa = write_qa(tmp_path / "qa.jsonl")
-    cmd = sweep_cmd(where, *RUN[1:], "data=jsonl", f"data.path={qa}", n_trials=2,
-                    tiny=False) + ["model=tiny", "eval.after_sweep=false",
-                                   "registry.after_sweep=false", "hydra.sweeper.pruner=none",
-                                   "train.stop_after_epochs=0.5", "lora.rank=choice(4,8)"]
+    where, cmd = _prefix_sweep(tmp_path)
     swept = run(cmd)
     assert swept.returncode == 0, swept.stderr[-3000:]
     assert "trained on to the whole budget (16 micro-batches)" in swept.stdout, swept.stdout
@@ -151,13 +159,7 @@ def test_a_winner_trained_elsewhere_is_finished_here_from_its_mlflow_run(tmp_pat
     sweep's folder, and its MLflow run goes on."""
     import shutil
 
-    where = stores(tmp_path / "s")
-    qa = write_qa(tmp_path / "qa.jsonl")
-    cmd = sweep_cmd(where, *RUN[1:], "data=jsonl", f"data.path={qa}", n_trials=2,
-                    tiny=False) + ["model=tiny", "eval.after_sweep=false",
-                                   "registry.after_sweep=false", "hydra.sweeper.pruner=none",
-                                   "train.stop_after_epochs=0.5", "lora.rank=choice(4,8)",
-                                   "mlflow.log_checkpoints=true"]
+    where, cmd = _prefix_sweep(tmp_path, "mlflow.log_checkpoints=true")
     searched = run(cmd + ["train.finish_winner=false"])
     assert searched.returncode == 0, searched.stderr[-3000:]
     assert "trained on to the whole budget" not in searched.stdout
@@ -178,12 +180,7 @@ def test_a_winner_trained_elsewhere_is_finished_here_from_its_mlflow_run(tmp_pat
 
 def test_a_winner_killed_while_it_trains_on_goes_on_from_its_newest_checkpoint(
         tmp_path: Path) -> None:
-    where = stores(tmp_path / "s")
-    qa = write_qa(tmp_path / "qa.jsonl")
-    cmd = sweep_cmd(where, *RUN[1:], "data=jsonl", f"data.path={qa}", n_trials=2,
-                    tiny=False) + ["model=tiny", "eval.after_sweep=false",
-                                   "registry.after_sweep=false", "hydra.sweeper.pruner=none",
-                                   "train.stop_after_epochs=0.5", "lora.rank=choice(4,8)"]
+    where, cmd = _prefix_sweep(tmp_path)
     # 40 train examples: 2 trials x 5 micro-batches, then the winner's 7th after its
     # prefix (micro-batch 12); a checkpoint every optimizer step (2 micro-batches)
     killed = run(cmd, env={"SWEEP_FAULT": "train_step:kill@17"})
