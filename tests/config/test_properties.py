@@ -247,11 +247,9 @@ def targets(dataset, max_seq_length: int = 4096):
     """The one batch's tokens and its loss mask, as ``masked_cross_entropy`` builds it."""
     from sweep.data.batches import iterate_batches
 
-    tokens, bounds, _ = next(iterate_batches(dataset, 1, max_seq_length))
-    tokens, bounds = np.array(tokens)[0], np.array(bounds)[0]
-    position = np.arange(1, len(tokens))
-    mask = (position >= bounds[0]) & (position < bounds[1])
-    return tokens[:bounds[1]], tokens[1:][mask].tolist()  # without the padding
+    tokens, positions, n_tokens = next(iterate_batches(dataset, 1, max_seq_length))
+    tokens, positions = np.array(tokens)[0], np.array(positions)
+    return tokens[:n_tokens], tokens[1:][positions[positions >= 0]].tolist()  # no padding
 
 
 @PROPERTY

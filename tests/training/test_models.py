@@ -129,3 +129,14 @@ def test_missing_gguf_names_the_key() -> None:
         prepare_model_dir(ModelConfig(path="/nope.gguf"), None, 0)
     with pytest.raises(SweepError, match="package 'no_such_pkg' is not installed"):
         prepare_model_dir(ModelConfig(path="pkg:no_such_pkg/x.gguf"), None, 0)
+
+
+def test_the_shipped_model_runs_its_lm_head_at_answer_positions_only(smollm2) -> None:
+    """mlx-lm's llama layout (``head(model.model(x))``, tied embeddings) as the loss
+    assumes it (:mod:`sweep.training.heads`): an upgrade that changes it fails here
+    rather than quietly training at the full head's cost."""
+    from sweep.training.heads import split_head
+
+    split = split_head(smollm2.model)
+    assert split is not None
+    assert split.head == smollm2.model.model.embed_tokens.as_linear

@@ -158,7 +158,7 @@ def test_non_finite_loss_stops_the_trial(tiny) -> None:
     optimizer = build_optimizer(OptimizerConfig(), lambda s: mx.array(1e-3))
     train_set, val_set = datasets(tiny.tokenizer)
 
-    def nan_after_eval(model, tokens, bounds):
+    def nan_after_eval(model, tokens, positions, split=None):
         return mx.array(float("nan")) * model(tokens[:, :1]).sum(), mx.array(1)
 
     with pytest.raises(NonFiniteLossError, match="loss is nan"):

@@ -88,7 +88,8 @@ def iterate_batches(
     name: str = "train",
     skip: int = 0,
 ) -> Iterator[Tuple[mx.array, mx.array, int]]:
-    """Yield ``(tokens [B, L], (offset, length) [B, 2], n_tokens)``.
+    """Yield ``(tokens [B, L], positions [N], n_tokens)``: the counted positions are
+    :func:`answer_positions` (from each row's prompt offset and length).
 
     Examples are sorted by length and grouped so a batch pads little; the order of the
     batches is shuffled by ``rng`` every pass (kept as is when ``rng`` is None). ``skip``
@@ -108,7 +109,7 @@ def iterate_batches(
                 skip -= 1
                 continue
             tokens, bounds, _, n_tokens = _pack(dataset, groups[g], batch_size, max_seq_length)
-            yield mx.array(tokens), mx.array(bounds), n_tokens
+            yield mx.array(tokens), mx.array(answer_positions(bounds, tokens.shape[1])), n_tokens
         if not loop:
             return
 
@@ -136,13 +137,28 @@ def _pack(dataset: CacheDataset, group: Sequence[int], batch_size: int, max_seq_
     return tokens, bounds, indexes, int(sum(lengths))
 
 
+def answer_positions(bounds: np.ndarray, width: int) -> np.ndarray:
+    """The positions a batch's loss counts, as flat indexes into its next-token targets
+    ``[B, width - 1]``: row ``r``'s targets ``offset - 1 .. length - 2`` (the tokens
+    ``offset .. length - 1``, the answer when the prompt is masked). Padded with -1 to a
+    multiple of ``PAD_MULTIPLE``, so that few distinct shapes are compiled."""
+    targets = width - 1
+    flat = [r * targets + np.arange(max(int(o) - 1, 0), int(n) - 1)
+            for r, (o, n) in enumerate(bounds)]
+    counted = np.concatenate(flat) if flat else np.zeros(0, np.int64)
+    size = max(PAD_MULTIPLE * -(-len(counted) // PAD_MULTIPLE), PAD_MULTIPLE)
+    out = np.full(size, -1, np.int32)
+    out[:len(counted)] = counted
+    return out
+
+
 def eval_batches(
     dataset: CacheDataset,
     batch_size: int,
     max_seq_length: int,
     max_batches: int = -1,
 ) -> Iterator[Tuple[mx.array, mx.array, np.ndarray]]:
-    """Yield ``(tokens [B, L], bounds [B, 2], indexes [B])`` covering *every* example
+    """Yield ``(tokens [B, L], positions [N], indexes [B])`` covering *every* example
     once, in a fixed order: sorted by length, full batches shuffled by a fixed seed, then
     the partial one (padded with empty rows, index -1). ``max_batches`` > 0 keeps the first ones:
     the same subset at every evaluation."""
@@ -154,7 +170,7 @@ def eval_batches(
         sequence = sequence[:max_batches]
     for g in sequence:
         tokens, bounds, indexes, _ = _pack(dataset, groups[g], batch_size, max_seq_length)
-        yield mx.array(tokens), mx.array(bounds), indexes
+        yield mx.array(tokens), mx.array(answer_positions(bounds, tokens.shape[1])), indexes
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from sweep.training.progress import (Progress, dropout_seed, restore, save_due,
                                      stop_if_asked)
 from sweep.testing.faults import point
 from sweep.training.cpu_ops import fusable_ops_on_cpu
+from sweep.training.heads import split_head
 from sweep.training.events import (CheckpointReport, Listener, TrainReport,
                                    TrainResult)
 from sweep.training.losses import (ExampleLoss, Loss, example_losses, masked_cross_entropy,
@@ -150,10 +151,10 @@ def _train(model: nn.Module, optimizer: optim.Optimizer, train_set, val_set,
         accumulated = restore(resume, model, optimizer, validation, progress)
     else:
         optimizer.init(model.trainable_parameters())
-    loss_and_grad = nn.value_and_grad(model, loss)
+    loss_and_grad = nn.value_and_grad(model, partial(loss, split=split_head(model)))
 
-    def micro_step(tokens, bounds, accumulated):
-        (value, _), grads = loss_and_grad(model, tokens, bounds)
+    def micro_step(tokens, positions, accumulated):
+        (value, _), grads = loss_and_grad(model, tokens, positions)
         if accumulated is not None:
             grads = tree_map(mx.add, grads, accumulated)
         return value, grads
@@ -205,11 +206,11 @@ def _train(model: nn.Module, optimizer: optim.Optimizer, train_set, val_set,
     end = min(settings.stop_at or settings.iters, settings.iters)
     with DeferredStop() as stop:
         for iteration in range(p.iteration + 1, end + 1):
-            tokens, bounds, n_tokens = next(batches)
+            tokens, positions, n_tokens = next(batches)
             start = time.perf_counter()
             point("train_step")
             mx.random.seed(dropout_seed(settings.seed, iteration))
-            value, accumulated = micro_step(tokens, bounds, accumulated)
+            value, accumulated = micro_step(tokens, positions, accumulated)
             mx.eval(value, accumulated)
             loss_value = value.item()
             if not math.isfinite(loss_value):

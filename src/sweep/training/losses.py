@@ -1,22 +1,26 @@
 """The loss functions, one definition each: the per-token cross-entropy (with its backward
 pass written out), the training loss (the mean over answer tokens of a batch) and the
 evaluation loss (each row's sum, so examples can be scored one by one). The training loop
-and scoring both import them from here."""
+and scoring both import them from here. Both take the batch's counted positions (flat
+indexes of its next-token targets, :func:`sweep.data.batches.answer_positions`) and
+compute logits at those alone."""
 
 from __future__ import annotations
 
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import mlx.core as mx
 import mlx.nn as nn
 
-__all__ = ["Loss", "ExampleLoss", "token_cross_entropy", "answer_mask", "masked_cross_entropy",
+from sweep.training.heads import Split
+
+__all__ = ["Loss", "ExampleLoss", "token_cross_entropy", "masked_cross_entropy",
            "example_losses"]
 
-# (model, tokens, bounds) -> (loss, target tokens): the training loss
-Loss = Callable[[nn.Module, mx.array, mx.array], Tuple[mx.array, mx.array]]
-# (model, tokens, bounds) -> (each row's summed loss, each row's target tokens)
-ExampleLoss = Callable[[nn.Module, mx.array, mx.array], Tuple[mx.array, mx.array]]
+# (model, tokens, positions, *, split) -> (loss, target tokens): the training loss
+Loss = Callable[..., Tuple[mx.array, mx.array]]
+# (model, tokens, positions, *, split) -> (each row's summed loss, each row's target tokens)
+ExampleLoss = Callable[..., Tuple[mx.array, mx.array]]
 
 
 @mx.custom_function
@@ -47,27 +51,42 @@ def token_cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:
     return _cross_entropy_and_lse(logits.astype(mx.float32), targets)[0]
 
 
-def answer_mask(tokens: mx.array, bounds: mx.array) -> Tuple[mx.array, mx.array, mx.array]:
-    """(inputs, targets, mask): next-token pairs of each row and the positions
-    ``offset <= p < length`` that count (the answer, when the prompt is masked)."""
+def _logits_at(model: nn.Module, inputs: mx.array, flat: mx.array,
+               split: Optional[Split]) -> mx.array:
+    """Logits ``[N, V]`` at the flat positions of ``inputs``: the head run at those alone
+    when the model splits (:mod:`sweep.training.heads`), else gathered from all logits."""
+    if split is None:
+        logits = model(inputs)
+        return logits.reshape(-1, logits.shape[-1])[flat]
+    hidden = split.body(inputs)
+    return split.head(hidden.reshape(-1, hidden.shape[-1])[flat])
+
+
+def _counted(model: nn.Module, tokens: mx.array, positions: mx.array,
+             split: Optional[Split]) -> Tuple[mx.array, mx.array, mx.array]:
+    """(cross-entropy [N], counts [N] (0 at padding), flat positions [N])."""
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    position = mx.arange(1, targets.shape[1] + 1)
-    mask = (position >= bounds[:, 0:1]) & (position < bounds[:, 1:2])
-    return inputs, targets, mask
+    valid = positions >= 0
+    flat = mx.maximum(positions, 0)
+    ce = token_cross_entropy(_logits_at(model, inputs, flat, split), targets.reshape(-1)[flat])
+    return ce * valid, valid, flat
 
 
-def masked_cross_entropy(model: nn.Module, tokens: mx.array, bounds: mx.array):
-    """Mean next-token cross-entropy over the counted positions of the batch (see
-    :func:`answer_mask`); returns (loss, number of target tokens)."""
-    inputs, targets, mask = answer_mask(tokens, bounds)
-    ce = token_cross_entropy(model(inputs), targets) * mask
-    count = mx.maximum(mask.sum(), 1)
+def masked_cross_entropy(model: nn.Module, tokens: mx.array, positions: mx.array, *,
+                         split: Optional[Split] = None):
+    """Mean next-token cross-entropy over the counted positions of the batch (``positions``:
+    :func:`sweep.data.batches.answer_positions`); returns (loss, number of target tokens).
+    With ``split``, the LM head runs at the counted positions only."""
+    ce, valid, _ = _counted(model, tokens, positions, split)
+    count = mx.maximum(valid.sum(), 1)
     return ce.sum() / count, count
 
 
-def example_losses(model: nn.Module, tokens: mx.array, bounds: mx.array):
+def example_losses(model: nn.Module, tokens: mx.array, positions: mx.array, *,
+                   split: Optional[Split] = None):
     """Per row: the summed next-token cross-entropy over the counted positions and the
     number of those positions."""
-    inputs, targets, mask = answer_mask(tokens, bounds)
-    ce = token_cross_entropy(model(inputs), targets) * mask
-    return ce.sum(axis=1), mask.sum(axis=1)
+    ce, valid, flat = _counted(model, tokens, positions, split)
+    rows = (flat // (tokens.shape[1] - 1))[None, :] == mx.arange(tokens.shape[0])[:, None]
+    rows = rows & valid[None, :]  # [B, N]: position n belongs to row b
+    return (rows * ce[None, :]).sum(axis=1), rows.sum(axis=1)

@@ -19,6 +19,7 @@ import mlx.nn as nn
 import numpy as np
 
 from sweep.data.batches import eval_batches
+from sweep.training.heads import split_head
 from sweep.training.losses import ExampleLoss, example_losses
 from sweep.stats import token_weighted
 
@@ -51,10 +52,12 @@ def score(model: nn.Module, dataset, batch_size: int, max_seq_length: int,
     every time). Examples with no answer token left are not counted."""
     was_training = model.training
     model.eval()
-    compiled = compiled or mx.compile(partial(loss, model), inputs=[model.state])
+    compiled = compiled or mx.compile(partial(loss, model, split=split_head(model)),
+                                      inputs=[model.state])
     indexes, sums, counts = [], [], []
-    for tokens, bounds, rows in eval_batches(dataset, batch_size, max_seq_length, max_batches):
-        total, n = compiled(tokens, bounds)
+    for tokens, positions, rows in eval_batches(dataset, batch_size, max_seq_length,
+                                                max_batches):
+        total, n = compiled(tokens, positions)
         mx.eval(total, n)
         keep = rows >= 0
         indexes.append(rows[keep])

@@ -23,6 +23,7 @@ from mlx.utils import tree_flatten
 
 from sweep.errors import TrialFailed
 from sweep.training.events import CheckpointReport, EvalReport, Listener
+from sweep.training.heads import split_head
 from sweep.stats import token_weighted
 from sweep.training.scoring import ExampleLoss, Score, score
 
@@ -72,8 +73,8 @@ class Validation:
         self.model, self.val_set = model, val_set
         self.batch_size, self.max_seq_length = batch_size, max_seq_length
         self.listener, self.save_adapter = listener, save_adapter
-        self.compiled = mx.compile(partial(loss, model), inputs=[model.state]) if compile \
-            else partial(loss, model)
+        bound = partial(loss, model, split=split_head(model))
+        self.compiled = mx.compile(bound, inputs=[model.state]) if compile else bound
         self.subset = scored_subset(len(val_set), batch_size, val_batches)
         self.seconds = 0.0
         self.base: Optional[Score] = None  # step 0, on the subset
