@@ -12,6 +12,7 @@ from mlx.utils import tree_flatten
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
 from sweep.config.schema import ConfigError, LoraConfig
+from sweep.training.dropout import use_hash_dropout
 
 __all__ = ["apply_lora", "adapter_config", "save_adapter", "load_adapter", "trainable_parameters",
            "ADAPTER_FILE", "ADAPTER_CONFIG_FILE"]
@@ -54,6 +55,7 @@ def apply_lora(model: nn.Module, cfg: LoraConfig, seed: int) -> Dict[str, Any]:
     mx.random.seed(seed)
     linear_to_lora_layers(model, config["num_layers"], config["lora_parameters"],
                           use_dora=cfg.use_dora)
+    use_hash_dropout(model)  # the same dropout, its mask fused (sweep.training.dropout)
     mx.eval(model.trainable_parameters())
     return config
 
