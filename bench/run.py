@@ -3,7 +3,8 @@
     .venv/bin/python -m bench.run            # everything, SmolLM2-135M (~25 min here)
     .venv/bin/python -m bench.run --quick    # the tiny model, a smoke test of the harness
 
-Sections: matmul peak; trial throughput against the ``mlx_lm.lora`` CLI (same imported
+Sections: matmul peak; the real workload (``bench/workload.py``: a default trial's
+micro-batch on the shipped data against ``mlx_lm.lora`` and PyTorch + PEFT); trial throughput against the ``mlx_lm.lora`` CLI (same imported
 model, same texts, batch, length, LoRA keys, rank and layers, same BLAS); against
 PyTorch + PEFT on CPU (when torch and peft are installed); achieved FLOP/s of a training
 step as a share of the matmul peak; overhead of a trial outside its train and eval
@@ -276,10 +277,14 @@ def main() -> None:
 
     peak = matmul_peak()
     rows.append(Row("matmul peak (float32, 2048^3)", peak, "GFLOP/s"))
+    if not args.quick:  # the workload users run first (bench/workload.py)
+        from bench import workload
+
+        rows += workload.rows(skip_peft=args.skip_peft, peak=peak)[1:]
     with tempfile.TemporaryDirectory() as tmp:
         data = write_data(Path(tmp) / "data", texts)
         mine = ours(model_cfg, texts, args)
-        rows.append(Row("sweep trial loop", mine["tokens_per_sec"], "tokens/s",
+        rows.append(Row("4 x 160 texts: sweep trial loop", mine["tokens_per_sec"], "tokens/s",
                         detail=f"{mine['s_per_step']:.2f} s/step, peak {mine['peak_gb']:.2f} GB"))
         theirs = mlx_lm_cli(loaded.path, data, Path(tmp), args)
         rows.append(Row("mlx_lm.lora CLI", theirs["tokens_per_sec"], "tokens/s",
