@@ -251,7 +251,7 @@ def mean(xs: List[float]) -> float:
 def rows(batches: int = 12, skip_peft: bool = False, peak: Optional[float] = None) -> List[Row]:
     """The real-workload rows with their goals (issue 19: 2x mlx_lm.lora, 1.3x PEFT, 40%
     of the matmul peak)."""
-    from bench.run import matmul_peak, step_flops
+    from bench.compute import matmul_peak, step_flops
 
     cfg, loaded, examples = shipped(batches)
     config = json.loads((Path(loaded.path) / "config.json").read_text())
