@@ -144,9 +144,10 @@ def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
 def test_a_sweep_that_keeps_failing_stops(tmp_path: Path) -> None:
     out = run(command(tmp_path, "hydra.sweeper.params={lora.rank: 'choice(-4, -8)'}",
                       "hydra.sweeper.min_trials_for_failure_rate=2", n=10))
-    assert out.returncode != 0
+    assert out.returncode == 2  # every trial failed on bad input (a rank below 1)
     assert "max_failure_rate" in out.stderr + out.stdout
-    assert len(study(tmp_path).get_trials(states=(TrialState.FAIL,))) == 2
+    failed = study(tmp_path).get_trials(states=(TrialState.FAIL,))
+    assert len(failed) == 2 and all(t.user_attrs["exit_code"] == 2 for t in failed)
 
 
 def test_the_same_command_goes_on_after_the_mistake_is_fixed(tmp_path: Path) -> None:

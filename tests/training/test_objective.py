@@ -142,9 +142,11 @@ def failed_reasons(tmp: Path):
 def test_meaningless_trial_ends_fail_with_its_reason(tmp_path: Path, qa_file: Path, extra,
                                                      reason) -> None:
     out = sweep_once(tmp_path, qa_file, *extra)
-    assert out.returncode != 0  # the failure-rate stop (max 0%) ends the sweep
+    # the failure-rate stop (max 0%) ends the sweep with a failed trial's status, not bad input's
+    assert out.returncode == 3, (out.stdout + out.stderr)[-2000:]
     trials, runs = failed_reasons(tmp_path)
     assert [t.state for t in trials] == [TrialState.FAIL]
+    assert trials[0].user_attrs["exit_code"] == 3
     assert reason in trials[0].user_attrs["fail_reason"]
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
     assert reason in runs[0].data.tags["sweep.fail_reason"]

@@ -38,7 +38,8 @@ from sweep.study import EVALUATED_ATTR, WORKER_ENV
 from sweep.study.locks import study_lock
 from sweep.study.link import GRACE_ATTR, HEARTBEAT_ATTR, PRUNER_ATTR, build_pruner
 
-from sweep.study.trials import frozen_trial, owner_died, ran, retry_stopped, tell_fail
+from sweep.study.trials import (EXIT_CODE_ATTR, frozen_trial, owner_died, ran, retry_stopped,
+                                tell_fail)
 
 from hydra_plugins.sweep_optuna._proposals import (Proposer, QuotaReached, SpaceExhausted,
                                                    SweepAborted, build_sampler, hydra_value)
@@ -219,10 +220,13 @@ class SweeperImpl:
         reason = failed[-1].user_attrs.get("fail_reason", "no reason recorded")
         why = (f"{rate:.0%} > hydra.sweeper.max_failure_rate={limit:.0%}" if rate > limit
                else f"as many failures as hydra.sweeper.n_trials={self.settings['n_trials']}")
+        # 2 when every failure was bad input (a missing data file), else 3 (sweep.errors)
+        bad_input = all(t.user_attrs.get(EXIT_CODE_ATTR) == 2 for t in failed)
         raise SweepAborted(
             f"{len(failed)} of the {len(trials)} trials this run finished failed ({why}); "
             f"the last: {reason}. Fix the cause and run the same command again: the study "
-            "goes on, and only the new run's trials count towards the rate")
+            "goes on, and only the new run's trials count towards the rate",
+            exit_code=2 if bad_input else 3)
 
     def refuse_secrets(self) -> None:
         """No password in the storage URL or the task's config (``sweep.secrets``):

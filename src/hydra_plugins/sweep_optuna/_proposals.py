@@ -44,7 +44,12 @@ PROPOSAL_ATTR = "proposal_seconds"  # user attr: {"ask": study.ask(), "total": t
 
 
 class SweepAborted(RuntimeError):
-    """The sweep stopped on purpose (too many failures, a bad search space)."""
+    """The sweep stopped on purpose (too many failures, a bad search space); the command
+    exits with ``exit_code`` (:mod:`sweep.errors`: 2 bad input, 3 failed trials)."""
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class SpaceExhausted(Exception):

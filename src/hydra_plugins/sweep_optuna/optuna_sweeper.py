@@ -27,6 +27,6 @@ class SweepOptunaSweeper(Sweeper):
 
         try:
             return self._impl.sweep(arguments)
-        except SweepAborted as stop:  # bad settings or too many failures: one line, exit 2
+        except SweepAborted as stop:  # bad settings or too many failures: one line
             logging.getLogger("sweep.sweeper").error("%s", stop)
-            sys.exit(2)
+            sys.exit(stop.exit_code)

@@ -74,7 +74,8 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: list) -> float:
     except BaseException as error:
         try:
             link.fail(f"{type(error).__name__}: {error}",
-                      resumable=isinstance(error, (KeyboardInterrupt, HeartbeatLost)))
+                      resumable=isinstance(error, (KeyboardInterrupt, HeartbeatLost)),
+                      exit_code=getattr(error, "exit_code", 1))
         finally:
             link.close()
         raise

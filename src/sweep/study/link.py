@@ -225,15 +225,18 @@ class OptunaTrialLink:
 
         self._tell(state=optuna.trial.TrialState.PRUNED)
 
-    def fail(self, reason: str, resumable: bool = False) -> None:
+    def fail(self, reason: str, resumable: bool = False, exit_code: int = 1) -> None:
         """FAIL, with ``reason``; ``resumable``: it was stopped (a signal, a lost storage),
-        not failed of itself, so the sweep resumes it from its checkpoint, if it has one."""
+        not failed of itself, so the sweep resumes it from its checkpoint, if it has one;
+        ``exit_code``: the status a single run would have ended with (2 bad input, 3 a
+        failed trial, :mod:`sweep.errors`), which a sweep stopped by its failures exits with."""
         import optuna
 
-        from sweep.study.trials import RESUMABLE_ATTR
+        from sweep.study.trials import EXIT_CODE_ATTR, RESUMABLE_ATTR
 
         self.trial.set_user_attr("fail_reason", reason[:1000])
         self.trial.set_user_attr(RESUMABLE_ATTR, resumable)
+        self.trial.set_user_attr(EXIT_CODE_ATTR, exit_code)
         self._tell(state=optuna.trial.TrialState.FAIL)
 
 

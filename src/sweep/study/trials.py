@@ -15,7 +15,8 @@ from optuna.trial import FrozenTrial, TrialState
 from sweep.study._compat import tell_quietly
 
 __all__ = ["TAKEN", "NOT_RUN_ATTR", "ran", "tell_fail", "tell_not_run", "owner_died",
-           "frozen_trial", "CHECKPOINT_ATTR", "RESUMABLE_ATTR", "retried", "retry_stopped"]
+           "frozen_trial", "CHECKPOINT_ATTR", "RESUMABLE_ATTR", "EXIT_CODE_ATTR", "retried",
+           "retry_stopped"]
 
 # configurations not to propose again (a FAILed one may rerun)
 TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
@@ -73,8 +74,10 @@ def frozen_trial(study: optuna.Study, number: int) -> FrozenTrial:
 
 CHECKPOINT_ATTR = "checkpoint"  # user attr: the trial's newest whole training state
 RESUMABLE_ATTR = "resumable"  # user attr, False when the trial failed of itself
+EXIT_CODE_ATTR = "exit_code"  # user attr of a FAIL trial: 2 bad input, 3 failed (sweep.errors)
 # what a retry does not inherit: the dead process's identity and its failure
-NOT_INHERITED = ("fail_reason", "host", "pid", "sweeper_host", "sweeper_pid", RESUMABLE_ATTR)
+NOT_INHERITED = ("fail_reason", "host", "pid", "sweeper_host", "sweeper_pid", RESUMABLE_ATTR,
+                 EXIT_CODE_ATTR)
 
 
 def retried(t: FrozenTrial) -> Optional[int]:
@@ -94,7 +97,8 @@ def retry_stopped(study: optuna.Study, max_retry: int) -> List[int]:
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     trials = study.get_trials(deepcopy=False)
-    done = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    with _quiet():
+        done = {n for t in trials for n in RetryHeartbeatStaleTrialCallback.retry_history(t)}
     again = []
     for t in trials:
         if (t.state != TrialState.FAIL or t.number in done or CHECKPOINT_ATTR not in t.user_attrs

@@ -69,13 +69,15 @@ class HashDropout(nn.Module):
         return mx.where(mask, x * (1 / self._keep), mx.array(0, x.dtype))
 
 
-def use_hash_dropout(model: nn.Module) -> int:
+def use_hash_dropout(model: nn.Module, p: float) -> int:
     """Swap every ``nn.Dropout`` of the model's LoRA/DoRA layers for :class:`HashDropout`
-    of the same ``p``; returns how many were swapped."""
+    with ``p``, the probability they were made with (``lora_parameters["dropout"]``: read
+    from the config, as ``nn.Dropout`` keeps it only in a private attribute); returns how
+    many were swapped."""
     swapped = 0
     for _, module in model.named_modules():
         dropout = getattr(module, "dropout", None)
         if isinstance(dropout, nn.Dropout) and hasattr(module, "lora_a"):
-            module.dropout = HashDropout(1 - dropout._p_1)
+            module.dropout = HashDropout(p)
             swapped += 1
     return swapped

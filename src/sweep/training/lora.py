@@ -55,7 +55,8 @@ def apply_lora(model: nn.Module, cfg: LoraConfig, seed: int) -> Dict[str, Any]:
     mx.random.seed(seed)
     linear_to_lora_layers(model, config["num_layers"], config["lora_parameters"],
                           use_dora=cfg.use_dora)
-    use_hash_dropout(model)  # the same dropout, its mask fused (sweep.training.dropout)
+    # the same dropout, its mask fused (sweep.training.dropout)
+    use_hash_dropout(model, config["lora_parameters"]["dropout"])
     mx.eval(model.trainable_parameters())
     return config
 
