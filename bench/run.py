@@ -4,12 +4,14 @@
     .venv/bin/python -m bench.run --quick    # the tiny model, a smoke test of the harness
 
 Sections: matmul peak; the real workload (``bench/workload.py``: a default trial's
-micro-batch on the shipped data against ``mlx_lm.lora`` and PyTorch + PEFT); trial throughput against the ``mlx_lm.lora`` CLI (same imported
-model, same texts, batch, length, LoRA keys, rank and layers, same BLAS); against
-PyTorch + PEFT on CPU (when torch and peft are installed); achieved FLOP/s of a training
-step as a share of the matmul peak; overhead of a trial outside its train and eval
-steps; peak RSS of a trial at batch 4 x 512 tokens; sweep efficiency (``sweep_efficiency.py``:
-compute for TPE + pruning, TPE and random to reach the best of an exhaustive grid).
+micro-batch on the shipped data against ``mlx_lm.lora`` and PyTorch + PEFT;
+``bench/trial_share.py``: the evaluation's share of a default trial); trial throughput
+against the ``mlx_lm.lora`` CLI (same imported model, same texts, batch, length, LoRA
+keys, rank and layers, same BLAS); against PyTorch + PEFT on CPU (when torch and peft are
+installed); achieved FLOP/s of a training step as a share of the matmul peak; overhead
+of a trial outside its train and eval steps; peak RSS of a trial at batch 4 x 512
+tokens; sweep efficiency (``sweep_efficiency.py``: compute for TPE + pruning, TPE and
+random to reach the best of an exhaustive grid).
 """
 
 from __future__ import annotations
@@ -248,9 +250,9 @@ def main() -> None:
     peak = matmul_peak()
     rows.append(Row("matmul peak (float32, 2048^3)", peak, "GFLOP/s"))
     if not args.quick:  # the workload users run first (bench/workload.py)
-        from bench import workload
+        from bench import trial_share, workload
 
-        rows += workload.rows(skip_peft=args.skip_peft, peak=peak)[1:]
+        rows += workload.rows(skip_peft=args.skip_peft, peak=peak)[1:] + trial_share.rows()
     with tempfile.TemporaryDirectory() as tmp:
         data = write_data(Path(tmp) / "data", texts)
         mine = ours(model_cfg, texts, args)
