@@ -35,7 +35,6 @@ def warm_up(overrides: Sequence[str] = ()) -> dict:
     from sweep import runtime
 
     runtime.setup()  # before mlx is imported: the native kernel builds, the BLAS
-    import mlx.core as mx
     from mlx_lm.generate import batch_generate
 
     from sweep.config import compose, to_typed
@@ -44,7 +43,7 @@ def warm_up(overrides: Sequence[str] = ()) -> dict:
     from sweep.models.loader import load_base
     from sweep.training import loop
     from sweep.training.lora import apply_lora
-    from sweep.training.optim import build_optimizer
+    from sweep.training.optim import build_optimizer, build_schedule
 
     start = time.perf_counter()
     cfg = to_typed(compose(list(overrides)))
@@ -63,11 +62,13 @@ def warm_up(overrides: Sequence[str] = ()) -> dict:
     train_set = tokenize(splits.train, loaded.tokenizer, cfg.data.mask_prompt)
     # a few validation examples: the last evaluation scores the whole (here small) split
     val_set = tokenize(splits.valid[:EVAL_EXAMPLES], loaded.tokenizer, cfg.data.mask_prompt)
-    optimizer = build_optimizer(cfg.optimizer, lambda step: mx.array(cfg.optimizer.lr))
     settings = loop.LoopSettings(
         iters=MICRO_BATCHES, batch_size=cfg.train.batch_size, grad_accumulation=2,
         max_seq_length=cfg.train.max_seq_length, max_grad_norm=cfg.train.max_grad_norm,
         eval_every=10 ** 6, val_batches=1, compile=cfg.train.compile, seed=cfg.seed)
+    # the configured schedule: its ops are compiled into the update (as in a trial)
+    optimizer = build_optimizer(cfg.optimizer, build_schedule(
+        cfg.scheduler, cfg.optimizer.lr, settings.total_steps))
     loop.train(model, optimizer, train_set, val_set, settings)
     return {"model": cfg.model.name, "micro_batches": MICRO_BATCHES,
             "seconds": time.perf_counter() - start}
