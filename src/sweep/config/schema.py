@@ -101,6 +101,16 @@ class ModelConfig:
                  "must divide model.arch.num_attention_heads", a.num_key_value_heads)
 
 
+class LoraScaling(Enum):
+    """How ``alpha`` becomes the LoRA update's scale: ``standard`` alpha / rank (LoRA, Hu et
+    al. 2021; mlx-lm's and PEFT's default), ``rslora`` alpha / sqrt(rank) (rank-stabilised
+    LoRA, Kalajdzievski 2023; PEFT's ``use_rslora``), which keeps the update's size steady
+    as the rank grows, so a learning rate found at one rank holds at others."""
+
+    standard = "standard"
+    rslora = "rslora"
+
+
 @dataclass
 class LoraConfig:
     rank: int = 16
@@ -110,6 +120,7 @@ class LoraConfig:
     keys: Optional[List[str]] = None
     num_layers: int = -1  # adapt the last N blocks; -1 = all
     use_dora: bool = False
+    scaling: LoraScaling = LoraScaling.standard  # scale alpha / rank, or alpha / sqrt(rank)
 
     def __post_init__(self) -> None:
         _require(self.rank > 0, "lora.rank", "must be > 0", self.rank)
@@ -122,7 +133,10 @@ class LoraConfig:
 
     @property
     def scale(self) -> float:
-        """mlx-lm's LoRA layers take ``scale``; this project exposes ``alpha``."""
+        """mlx-lm's LoRA layers take ``scale``; this project exposes ``alpha`` and
+        ``scaling`` (:class:`LoraScaling`)."""
+        if self.scaling is LoraScaling.rslora:
+            return self.alpha / math.sqrt(self.rank)
         return self.alpha / self.rank
 
 

@@ -1,4 +1,5 @@
-"""LoRA/DoRA layers from mlx-lm, configured with alpha (scale = alpha / rank)."""
+"""LoRA/DoRA layers from mlx-lm, configured with alpha (scale = alpha / rank, or
+alpha / sqrt(rank) with ``lora.scaling=rslora``)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ def adapter_config(cfg: LoraConfig, num_model_layers: int) -> Dict[str, Any]:
             "keys": list(cfg.keys) if cfg.keys is not None else None,
         },
         "alpha": cfg.alpha,
+        "scaling": cfg.scaling.value,  # how scale came from alpha (mlx-lm reads scale only)
     }
 
 
