@@ -24,8 +24,7 @@ from functools import partial
 from pathlib import Path
 from typing import Dict, List
 
-from bench.table import Row, machine, print_table
-from sweep import runtime
+from bench.table import Row, report
 
 
 def step_variants(loaded, cfg, batches, reps: int) -> Dict[str, float]:
@@ -139,9 +138,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=6)
     parser.add_argument("--reps", type=int, default=4)
     args = parser.parse_args()
-    runtime.setup()
-    print(f"machine: {machine()}", flush=True)
-    print_table(rows(args.batches, args.reps))
+    report(lambda: rows(args.batches, args.reps))
 
 
 if __name__ == "__main__":

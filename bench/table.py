@@ -7,7 +7,7 @@ import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 
 @dataclass
@@ -47,3 +47,13 @@ def print_table(rows: List[Row]) -> None:
             else f"{r.value:,.2f}"
         met = "" if r.passed is None else ("yes" if r.passed else "NO")
         print(f"| {r.name:<40} | {value:>10} | {r.unit:<9} | {r.goal:<9} | {met:<3} | {r.detail}")
+
+
+def report(make_rows: Callable[[], List[Row]]) -> None:
+    """A benchmark's main: sweep's runtime set up (before mlx is imported), the machine
+    line, then the table of ``make_rows()``."""
+    from sweep import runtime
+
+    runtime.setup()
+    print(f"machine: {machine()}", flush=True)
+    print_table(make_rows())

@@ -15,8 +15,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from bench.table import Row, machine, print_table
-from sweep import runtime
+from bench.table import Row, report
 
 DEFAULT_TRIAL = ["train.epochs=1", "train.stop_after_epochs=0.17", "train.grad_accumulation=2",
                  "lora.rank=16", "lora.alpha=32", "optimizer.lr=2e-4"]
@@ -41,9 +40,7 @@ def rows() -> list:
 
 
 def main() -> None:
-    runtime.setup()
-    print(f"machine: {machine()}", flush=True)
-    print_table(rows())
+    report(lambda: rows())
 
 
 if __name__ == "__main__":

@@ -31,8 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from bench.table import Row, machine, print_table
-from sweep import runtime
+from bench.table import Row, report
 
 BATCH = 4
 
@@ -311,9 +310,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=12)
     parser.add_argument("--skip-peft", action="store_true")
     args = parser.parse_args()
-    runtime.setup()
-    print(f"machine: {machine()}", flush=True)
-    print_table(rows(args.batches, args.skip_peft))
+    report(lambda: rows(args.batches, args.skip_peft))
 
 
 if __name__ == "__main__":
