@@ -134,3 +134,53 @@ def test_every_sampler_builds_seeded_and_samples(name) -> None:
     first = sample(7)
     assert first == sample(7)
     assert all(set(p) == {"lora.rank", "optimizer.lr"} for p in first)
+
+
+def test_ratio_searches_the_factor_and_derives_the_key() -> None:
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.sweep_optuna._search_space import resolve_bases
+
+    space = parse_search_space({"lora.rank": "choice(8, 16)",
+                                "lora.alpha": "ratio(lora.rank, choice(1, 2, 4))"})
+    assert space.distributions["lora.alpha/lora.rank"] == CategoricalDistribution([1, 2, 4])
+    assert "lora.alpha" not in space.distributions
+    resolve_bases(space, OmegaConf.create({"lora": {"rank": 16, "alpha": 32.0}}))
+    params = {"lora.rank": 8, "lora.alpha/lora.rank": 4}
+    assert space.derived_values(params) == {"lora.alpha": 32}
+    assert space.overrides(params) == ["lora.rank=8", "lora.alpha=32"]
+    assert space.overrides({"lora.rank": 16, "lora.alpha/lora.rank": 1}, {"x.y": "z"}) == \
+        ["lora.rank=16", "lora.alpha=16", "x.y=z"]
+
+
+def test_ratio_of_a_key_that_is_not_searched_reads_the_config() -> None:
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.sweep_optuna._search_space import resolve_bases
+
+    config = OmegaConf.create({"lora": {"rank": 16}})
+    space = parse_search_space({"lora.alpha": "ratio(lora.rank, interval(0.5, 4.0))"})
+    resolve_bases(space, config)
+    assert space.overrides({"lora.alpha/lora.rank": 1.5}) == ["lora.alpha=24.0"]
+    fixed = parse_search_space({"lora.alpha": "ratio(lora.rank, choice(2))"}, ["lora.rank=4"])
+    resolve_bases(fixed, config)  # the command line's fixed value wins over the config
+    assert fixed.overrides({"lora.alpha/lora.rank": 2}) == ["lora.rank=4", "lora.alpha=8"]
+
+
+@pytest.mark.parametrize("params,message", [
+    ({"lora.alpha": "ratio(lora.alpha, choice(1, 2))"}, "derives a key from itself"),
+    ({"lora.alpha": "ratio(lora.rnak, choice(1, 2))"}, "lora.rnak is neither searched"),
+    ({"lora.alpha": "ratio(lora.rank, choice(a, b))"}, "needs numbers as factors"),
+    ({"lora.alpha": "ratio(lora.rank, choice(1, 2)"}, "cannot parse"),
+    ({"lora.alpha": "ratio(lora.name, choice(1, 2))"}, "needs lora.name to be a number"),
+    ({"lora.rank": "ratio(lora.alpha, choice(1, 2))",
+      "lora.alpha": "ratio(lora.rank, choice(1, 2))"}, "is itself derived"),
+])
+def test_bad_ratios_name_the_key(params, message) -> None:
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.sweep_optuna._search_space import resolve_bases
+
+    with pytest.raises(SearchSpaceError, match=message):
+        space = parse_search_space(params)
+        resolve_bases(space, OmegaConf.create({"lora": {"rank": 16, "name": "x"}}))

@@ -42,10 +42,11 @@ from sweep.study.trials import (EXIT_CODE_ATTR, frozen_trial, owner_died, ran, r
                                 tell_fail)
 
 from hydra_plugins.sweep_optuna._proposals import (Proposer, QuotaReached, SpaceExhausted,
-                                                   SweepAborted, build_sampler, hydra_value)
+                                                   SweepAborted, build_sampler, hydra_value,
+                                                   load_custom)
 from hydra_plugins.sweep_optuna._search_space import (SearchSpace, SearchSpaceError,
                                                       check_budget_fits, check_space_fits,
-                                                      parse_search_space)
+                                                      parse_search_space, resolve_bases)
 from hydra_plugins.sweep_optuna._storage import (fail_stale, lost_message, open_storage,
                                                  storage_lost)
 
@@ -169,9 +170,9 @@ class SweeperImpl:
 
     def run_one(self, study: optuna.Study, space: SearchSpace, parent: Optional[str]) -> Any:
         trial = self.proposer.propose(study, space, limit=int(self.settings["n_trials"]))
-        params = [f"{k}={hydra_value(v)}" for k, v in trial.params.items()]
-        overrides = space.fixed + params + self._link_overrides(study, trial.number, parent)
-        log.info("trial %d: %s", trial.number, " ".join(params))
+        chosen = list(frozen_trial(study, trial.number).user_attrs["overrides"])
+        overrides = chosen + self._link_overrides(study, trial.number, parent)
+        log.info("trial %d: %s", trial.number, " ".join(chosen[len(space.fixed):]))
         try:
             self.validate(overrides)
             result = self.launcher.launch([overrides], initial_job_idx=trial.number)[0]
@@ -258,8 +259,10 @@ class SweeperImpl:
 
         try:
             space = parse_search_space(dict(self.settings["params"] or {}), arguments)
+            resolve_bases(space, self.config)
         except SearchSpaceError as error:
             raise SweepAborted(f"hydra.sweeper.params: {error}") from None
+        space.custom = load_custom(self.settings.get("custom_search_space"), self.config)
         if not space.distributions:
             raise SweepAborted("hydra.sweeper.params is empty: nothing to search")
         for key in ("n_trials", "n_workers"):

@@ -28,11 +28,12 @@ from sweep.study._compat import draw_unrecorded, enqueued_params, suggesting
 from sweep.study.trials import (TAKEN, frozen_trial, owner_died, ran, retried, tell_fail,
                                  tell_not_run)
 
-from hydra_plugins.sweep_optuna._search_space import SearchSpace, grid_values
+from hydra_plugins.sweep_optuna._search_space import SearchSpace, grid_values, hydra_value
 
 __all__ = ["SweepAborted", "SpaceExhausted", "QuotaReached", "Proposer", "build_sampler",
            "trial_seed", "suggest", "config_key", "finite_points", "hydra_value", "MAX_DRAWS",
-           "MAX_POINTS", "EARLIER_TRIALS_WAIT", "PROPOSAL_ATTR"]
+           "MAX_POINTS", "EARLIER_TRIALS_WAIT", "PROPOSAL_ATTR", "DERIVED_ATTR",
+           "custom_overrides", "load_custom"]
 
 log = logging.getLogger("sweep.sweeper")
 
@@ -41,6 +42,7 @@ MAX_POINTS = 100_000  # larger discrete spaces are not listed
 EARLIER_TRIALS_WAIT = 30.0  # seconds a trial waits for the params of the trials before it
 WAIT_FIRST, WAIT_MOST = 0.05, 0.5  # seconds between its looks: the first, the longest
 PROPOSAL_ATTR = "proposal_seconds"  # user attr: {"ask": study.ask(), "total": to params}
+DERIVED_ATTR = "derived"  # user attr: {key: value} of the ratio() keys
 
 
 class SweepAborted(RuntimeError):
@@ -147,19 +149,53 @@ def finite_points(distributions: Mapping[str, BaseDistribution]) -> Optional[Lis
     return [dict(zip(values, combo)) for combo in itertools.product(*values.values())]
 
 
-def hydra_value(value: Any) -> str:
-    """A sampled value written so that Hydra's override grammar reads it back unchanged."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, int):
-        return str(value)
-    text = str(value)
-    return text if text.replace("_", "").replace("-", "").replace(".", "").isalnum() \
-        else "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+def load_custom(name: Optional[str], config: Any):
+    """``hydra.sweeper.custom_search_space``: a function ``(cfg, trial)`` called after the
+    params are suggested (as in Hydra's stock Optuna sweeper); it may suggest more and
+    return a mapping of overrides. None when not set."""
+    if not name:
+        return None
+    from hydra.utils import get_method
+
+    from sweep.errors import first_line
+
+    try:
+        function = get_method(str(name))
+    except Exception as error:
+        raise SweepAborted(f"hydra.sweeper.custom_search_space={name}: not a function that "
+                           f"can be imported ({first_line(error)})") from None
+
+    def custom(trial: optuna.trial.Trial) -> Any:
+        return function(config, trial)
+
+    custom.name = str(name)
+    return custom
+
+
+def custom_overrides(space: SearchSpace, trial: optuna.trial.Trial) -> Dict[str, Any]:
+    """What ``hydra.sweeper.custom_search_space`` adds to a trial: the params it suggests
+    are the trial's own; the mapping it returns (conditional or derived values) becomes
+    overrides."""
+    if space.custom is None:
+        return {}
+    name = getattr(space.custom, "name", "hydra.sweeper.custom_search_space")
+    try:
+        extra = space.custom(trial)
+    except (optuna.TrialPruned, SweepAborted):
+        raise
+    except Exception as error:
+        raise SweepAborted(f"hydra.sweeper.custom_search_space={name} raised "
+                           f"{type(error).__name__}: {error}") from None
+    if extra is None:
+        return {}
+    if not isinstance(extra, Mapping):
+        raise SweepAborted(f"hydra.sweeper.custom_search_space={name} returned "
+                           f"{type(extra).__name__}: a mapping of key -> value, or None")
+    clash = sorted(set(extra) & (set(trial.params) | set(space.derived_keys())))
+    if clash:
+        raise SweepAborted(f"hydra.sweeper.custom_search_space={name} returned {clash}, "
+                           "already searched: return only keys the space does not set")
+    return dict(extra)
 
 
 class Proposer:
@@ -215,13 +251,24 @@ class Proposer:
         if params is None:  # a race with another process for the last points
             tell_not_run(study, trial, "not run: search space exhausted")
             raise SpaceExhausted("another process took the last configurations")
-        with suggesting(study, params):  # no sampler hook runs on these calls
-            for name, distribution in space.distributions.items():
-                suggest(trial, name, distribution)
-        chosen = [f"{k}={hydra_value(v)}" for k, v in trial.params.items()]
+        try:
+            # no sampler hook runs on these calls; what custom_search_space suggests beyond
+            # them is drawn by a sampler seeded for this trial (a retry gets its own back)
+            with suggesting(study, params, fallback=self.sampler(
+                    space, trial_seed(self.seed, trial.number, MAX_DRAWS + 1))):
+                for name, distribution in space.distributions.items():
+                    suggest(trial, name, distribution)
+                extra = custom_overrides(space, trial)
+            derived = space.derived_values(trial.params)
+            overrides = space.overrides(trial.params, extra)
+        except BaseException as error:
+            tell_fail(study, trial, f"no proposal: {type(error).__name__}: {error}")
+            raise
+        if derived:
+            trial.set_user_attr(DERIVED_ATTR, derived)
         trial.set_user_attr(PROPOSAL_ATTR, {"ask": round(ask_seconds, 6), "total": round(
             time.perf_counter() - asked, 6)})  # seconds (bench/load.py reads them)
-        trial.set_user_attr("overrides", space.fixed + chosen)  # the proposal is complete
+        trial.set_user_attr("overrides", overrides)  # the proposal is complete
         return trial
 
     def _wait_for_earlier(self, study: optuna.Study, number: int) -> None:

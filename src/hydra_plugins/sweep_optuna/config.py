@@ -48,6 +48,8 @@ class SweepOptunaConf:
     pruner_kwargs: Dict[str, Any] = field(default_factory=dict)
     objectives: List[Objective] = field(default_factory=lambda: [Objective.val_loss])
     params: Dict[str, str] = field(default_factory=dict)  # the search space
+    # a function (cfg, trial) -> {key: value} | None, called after params are suggested
+    custom_search_space: Optional[str] = None
     max_failure_rate: float = 0.5  # stop when more than this share of finished trials FAIL
     min_trials_for_failure_rate: int = 4
     n_workers: int = 1  # processes on this machine sharing the study

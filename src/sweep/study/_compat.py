@@ -57,11 +57,12 @@ def draw_unrecorded(sampler: "optuna.samplers.BaseSampler", study: "optuna.Study
     return params
 
 
-def _chosen(params: Mapping[str, Any]):
+def _chosen(params: Mapping[str, Any], fallback: Any = None):
     import optuna
 
     class Chosen(optuna.samplers.BaseSampler):
-        """Gives ``trial.suggest_*`` the values already drawn; runs no sampler hook."""
+        """Gives ``trial.suggest_*`` the values already drawn (a name not among them is
+        drawn by ``fallback``); runs no sampler hook."""
 
         def infer_relative_search_space(self, study, trial):
             return {}
@@ -70,7 +71,9 @@ def _chosen(params: Mapping[str, Any]):
             return {}
 
         def sample_independent(self, study, trial, param_name, param_distribution):
-            return params[param_name]
+            if param_name in params or fallback is None:
+                return params[param_name]
+            return fallback.sample_independent(study, trial, param_name, param_distribution)
 
     return Chosen()
 
@@ -86,10 +89,12 @@ def _sampler_swapped(study: "optuna.Study", sampler: Any) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def suggesting(study: "optuna.Study", params: Mapping[str, Any]) -> Iterator[None]:
+def suggesting(study: "optuna.Study", params: Mapping[str, Any],
+               fallback: "optuna.samplers.BaseSampler | None" = None) -> Iterator[None]:
     """Inside, ``trial.suggest_*`` records ``params`` (drawn by :func:`draw_unrecorded`) as
-    usual, without asking the study's sampler again."""
-    with _sampler_swapped(study, _chosen(params)):
+    usual, without asking the study's sampler again; a name not in ``params`` is drawn
+    by ``fallback``'s independent sampling."""
+    with _sampler_swapped(study, _chosen(params, fallback)):
         yield
 
 

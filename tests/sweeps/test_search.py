@@ -1,0 +1,68 @@
+"""The search beyond a plain space, end to end on the zero-cost runner: derived keys
+(``ratio``), ``custom_search_space``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+
+import harness
+
+pytestmark = pytest.mark.slow
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+HERE = Path(__file__).resolve().parent
+
+
+def sweep(tmp: Path, *extra: str, n: int = 4, env=None):
+    cmd = harness.zero_cost(harness.sweep_cmd(harness.stores(tmp), *extra, n_trials=n))
+    return harness.run(cmd, env=env)
+
+
+def test_a_derived_alpha_is_ratio_times_rank(tmp_path: Path) -> None:
+    out = sweep(tmp_path, "hydra.sweeper.params={lora.rank: 'choice(4, 8, 16)', "
+                          "lora.alpha: 'ratio(lora.rank, choice(1, 2, 4))', "
+                          "optimizer.lr: 'tag(log, interval(1e-4, 1e-3))'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    stores = harness.Stores(tmp_path)
+    trials = stores.study().get_trials(states=FINISHED)
+    assert len(trials) == 4
+    client, runs = stores.runs()
+    by_trial = {r.data.tags.get("sweep.trial"): r for r in runs if "sweep.trial" in r.data.tags}
+    for t in trials:
+        alpha = t.params["lora.alpha/lora.rank"] * t.params["lora.rank"]
+        assert t.user_attrs["derived"] == {"lora.alpha": alpha}
+        assert f"lora.alpha={alpha}" in t.user_attrs["overrides"]
+        assert float(by_trial[str(t.number)].data.params["lora.alpha"]) == alpha
+
+
+def test_custom_search_space_adds_conditional_params_and_overrides(tmp_path: Path) -> None:
+    out = sweep(tmp_path, "hydra.sweeper.params={lora.rank: 'choice(4, 8)'}",
+                "+hydra.sweeper.custom_search_space=custom_space.dropout_for_large_ranks",
+                n=4, env={"PYTHONPATH": str(HERE)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    stores = harness.Stores(tmp_path)
+    _, runs = stores.runs()
+    by_trial = {r.data.tags.get("sweep.trial"): r for r in runs if "sweep.trial" in r.data.tags}
+    trials = stores.study().get_trials(states=FINISHED)
+    assert {t.params["lora.rank"] for t in trials} == {4, 8}
+    for t in trials:
+        run = by_trial[str(t.number)].data.params
+        assert float(run["optimizer.weight_decay"]) == pytest.approx(0.001 * t.params["lora.rank"])
+        if t.params["lora.rank"] >= 8:
+            assert 0 <= t.params["lora.dropout"] <= 0.2
+            assert float(run["lora.dropout"]) == t.params["lora.dropout"]
+        else:
+            assert "lora.dropout" not in t.params
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("+hydra.sweeper.custom_search_space=custom_space.nowhere", "not a function that can be"),
+    ("hydra.sweeper.params={lora.alpha: 'ratio(lora.rnak, choice(1, 2))'}",
+     "lora.rnak is neither searched nor a key of the config"),
+])
+def test_bad_search_additions_are_one_line(tmp_path: Path, setting, message) -> None:
+    out = sweep(tmp_path, setting, env={"PYTHONPATH": str(HERE)})
+    said = out.stdout + out.stderr
+    assert out.returncode == 2 and message in said and "Traceback" not in said, said[-2000:]
