@@ -156,6 +156,9 @@ class OptimizerConfig:
     eps: float = 1e-8
     momentum: float = 0.0  # sgd
     nesterov: bool = False  # sgd
+    # LoRA+ (Hayou et al. 2024): the B matrices learn at lr x this, the A matrices (and
+    # anything else trainable) at lr; 1 = plain LoRA, the paper suggests 16
+    lora_plus_ratio: float = 1.0
 
     def __post_init__(self) -> None:
         _require(math.isfinite(self.lr) and self.lr > 0, "optimizer.lr", "must be > 0", self.lr)
@@ -168,6 +171,8 @@ class OptimizerConfig:
                  self.momentum)
         _require(not self.nesterov or self.momentum > 0, "optimizer.nesterov",
                  "needs optimizer.momentum > 0", self.nesterov)
+        _require(math.isfinite(self.lora_plus_ratio) and self.lora_plus_ratio > 0,
+                 "optimizer.lora_plus_ratio", "must be > 0 (1 = off)", self.lora_plus_ratio)
 
 
 class SchedulerName(Enum):

@@ -10,7 +10,7 @@ import mlx.optimizers as optim
 from sweep.config.schema import (ConfigError, OptimizerConfig, OptimizerName, SchedulerConfig,
                                  SchedulerName)
 
-__all__ = ["build_schedule", "build_optimizer"]
+__all__ = ["build_schedule", "build_optimizer", "is_lora_b"]
 
 Schedule = Callable[[mx.array], mx.array]
 
@@ -49,8 +49,27 @@ _OPTIMIZERS: Dict[OptimizerName, Callable[[OptimizerConfig, Schedule], optim.Opt
 }
 
 
+LORA_B = "lora_b"  # mlx-lm's name of the B matrix in LoRALinear, LoRASwitchLinear, DoRA
+
+
+def is_lora_b(path: str, _value=None) -> bool:
+    return path.rsplit(".", 1)[-1] == LORA_B
+
+
 def build_optimizer(cfg: OptimizerConfig, schedule: Schedule) -> optim.Optimizer:
+    """The optimizer ``cfg`` names. With ``lora_plus_ratio`` != 1 (LoRA+), one optimizer of
+    that kind per group through MLX's ``MultiOptimizer``: the A matrices (and every other
+    trainable parameter) at the schedule's lr, the B matrices at ratio x it. Its state
+    (moments and step of each group) is saved in checkpoints as any optimizer's is."""
     if cfg.name is OptimizerName.adam and cfg.weight_decay > 0:
         raise ConfigError(f"optimizer.weight_decay={cfg.weight_decay!r}: adam has no weight "
                           "decay; use optimizer=adamw")
-    return _OPTIMIZERS[cfg.name](cfg, schedule)
+    if cfg.lora_plus_ratio == 1:
+        return _OPTIMIZERS[cfg.name](cfg, schedule)
+    ratio = cfg.lora_plus_ratio
+    b_schedule = lambda step: ratio * schedule(step)  # noqa: E731
+    # the first optimizer's learning_rate is the one MultiOptimizer reports (and the
+    # loop logs): A's, the configured lr; B's is the fallback of the last filter
+    return optim.MultiOptimizer([_OPTIMIZERS[cfg.name](cfg, schedule),
+                                 _OPTIMIZERS[cfg.name](cfg, b_schedule)],
+                                [lambda path, value: not is_lora_b(path)])
