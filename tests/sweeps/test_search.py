@@ -66,3 +66,55 @@ def test_bad_search_additions_are_one_line(tmp_path: Path, setting, message) -> 
     out = sweep(tmp_path, setting, env={"PYTHONPATH": str(HERE)})
     said = out.stdout + out.stderr
     assert out.returncode == 2 and message in said and "Traceback" not in said, said[-2000:]
+
+
+def _best_first(s):
+    done = s.get_trials(states=(TrialState.COMPLETE,))
+    return sorted(done, key=lambda t: (t.value, t.number))
+
+
+def test_warm_start_runs_the_earlier_best_first_once(tmp_path: Path) -> None:
+    first = sweep(tmp_path, "hydra.sweeper.study_name=first", n=5)
+    assert first.returncode == 0, first.stderr[-3000:]
+    stores = harness.Stores(tmp_path)
+    earlier = [t.params for t in _best_first(stores.study("first"))[:2]]
+    second = sweep(tmp_path, "hydra.sweeper.warm_start.study=first",
+                   "hydra.sweeper.warm_start.top_k=2", n=3)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "warm start: the first 2 trial(s) are the best of study 'first'" in second.stdout
+    trials = stores.study().get_trials()
+    assert [t.params for t in trials[:2]] == earlier
+    again = sweep(tmp_path, "hydra.sweeper.warm_start.study=first",
+                  "hydra.sweeper.warm_start.top_k=2", n=4)  # the same command, resumed
+    assert again.returncode == 0 and "nothing added again" in again.stdout
+    trials = stores.study().get_trials()
+    assert len(trials) == 4 and "warm_start" not in trials[3].user_attrs
+    _, runs = stores.runs()
+    parent = [r for r in runs if r.data.tags.get("sweep.kind") == "study"
+              and r.data.tags.get("sweep.study") == "s"]
+    assert '"mode": "enqueue"' in parent[0].data.tags["sweep.warm_start"]
+
+
+def test_warm_start_copy_learns_from_earlier_trials_and_refuses_another_objective(
+        tmp_path: Path) -> None:
+    first = sweep(tmp_path, "hydra.sweeper.study_name=first", n=4)
+    assert first.returncode == 0, first.stderr[-3000:]
+    stores = harness.Stores(tmp_path)
+    refused = sweep(tmp_path, "hydra.sweeper.warm_start.study=first",
+                    "hydra.sweeper.warm_start.mode=copy", "train.val_batches=1", n=2)
+    said = refused.stdout + refused.stderr
+    assert refused.returncode == 2 and "Traceback" not in said
+    assert ("hydra.sweeper.warm_start.mode=copy: study 'first' (sqlite:///"
+            in said and "measured its trials with train.val_batches=2, this sweep with 1: "
+            "their values would not compare" in said), said[-2000:]
+    assert not stores.study().get_trials()
+    copied = sweep(tmp_path, "hydra.sweeper.warm_start.study=first",
+                   "hydra.sweeper.warm_start.mode=copy", n=2)
+    assert copied.returncode == 0, copied.stderr[-3000:]
+    trials = stores.study().get_trials()
+    copies = [t for t in trials if "copied_from" in t.user_attrs]
+    own = [t for t in trials if "copied_from" not in t.user_attrs]
+    assert len(copies) == 4 and len(own) == 2  # n_trials counts this study's own trials
+    assert {t.state for t in copies} <= set(FINISHED)
+    board = (stores.sweep_dir / "report" / "leaderboard.csv").read_text().splitlines()
+    assert len(board) == 1 + 2  # the copies inform the sampler and pruner, not the board

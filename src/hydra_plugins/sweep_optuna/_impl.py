@@ -134,6 +134,19 @@ class SweeperImpl:
         study.set_user_attr(GRACE_ATTR, int(s["grace_period"]))
         return study
 
+    def warm_start(self, study: optuna.Study, space: SearchSpace) -> None:
+        """Record what the trials' values mean (a later study's warm start compares it),
+        then start from ``hydra.sweeper.warm_start`` (``_warm_start``) if it is set."""
+        from hydra_plugins.sweep_optuna._warm_start import (SETTINGS_ATTR, objective_settings,
+                                                            warm_start)
+
+        here = objective_settings(self.config, space, self._objectives())
+        if study.user_attrs.get(SETTINGS_ATTR) != here:
+            study.set_user_attr(SETTINGS_ATTR, here)
+        said = warm_start(study, self.storage, space, self.settings, here)
+        if said:
+            log.info("%s", said)
+
     def fail_dead_trials(self, study: optuna.Study) -> List[int]:
         """RUNNING trials of dead processes on this host -> FAIL (and their MLflow runs);
         stopped trials with a checkpoint -> a retry that resumes from it."""
@@ -197,7 +210,7 @@ class SweeperImpl:
             master_config=self.config, sweep_overrides=list(overrides))
 
     def _log_outcome(self, study: optuna.Study, t: FrozenTrial) -> None:
-        done = len(study.get_trials(deepcopy=False, states=FINISHED))
+        done = sum(map(ran, study.get_trials(deepcopy=False, states=FINISHED)))
         value = ", ".join(f"{v:.4f}" for v in t.values) if t.values else "-"
         reason = t.user_attrs.get("fail_reason", "") if t.state == TrialState.FAIL else ""
         log.info("trial %d %s (%s)%s  [%d/%d finished]", t.number, t.state.name, value,
@@ -281,6 +294,7 @@ class SweeperImpl:
         except SearchSpaceError as error:
             raise SweepAborted(str(error)) from None
         self.fail_dead_trials(study)
+        self.warm_start(study, space)
         self._first_trial = len(study.get_trials(deepcopy=False))  # this run's trials start here
         report = StudyReport(study, self.config, self.settings, space)
         parent = report.open_parent_run(created=self.created_study)
@@ -290,7 +304,7 @@ class SweeperImpl:
         try:
             while True:
                 self.fail_dead_trials(study)  # of this host's dead processes, or silent
-                finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+                finished = sum(map(ran, study.get_trials(deepcopy=False, states=FINISHED)))
                 running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
                 if finished + running >= n_trials:
                     if not running or os.environ.get(WORKER_ENV):

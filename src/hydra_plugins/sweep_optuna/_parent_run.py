@@ -8,6 +8,7 @@ best config as YAML and a copy of the best adapter; the terminal gets the leader
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import textwrap
@@ -98,6 +99,9 @@ class StudyReport:
         if self.study.user_attrs.get(PARENT_ATTR) != self.run_id:
             self.study.set_user_attr(PARENT_ATTR, self.run_id)
         self.client.set_tag(self.run_id, "sweep.n_trials", str(self.settings["n_trials"]))
+        started_from = self.study.user_attrs.get("warm_start")  # _warm_start.WARM_START_ATTR
+        if started_from:
+            self.client.set_tag(self.run_id, "sweep.warm_start", json.dumps(started_from))
         self.mark_dead_runs()
         return self.run_id
 

@@ -244,7 +244,15 @@ class Proposer:
                 params = dict(retry.params)
             else:
                 self._wait_for_earlier(study, trial.number)
-                params = self._draw_new(study, space, trial.number, points)
+                # an enqueued trial (warm start, study.enqueue_trial) keeps its values
+                queued = {k: v for k, v in enqueued_params(retry).items()
+                          if k in space.distributions}
+                if len(queued) == len(space.distributions):
+                    params = queued
+                else:
+                    params = self._draw_new(study, space, trial.number, points)
+                    if params is not None:
+                        params.update(queued)
         except BaseException as error:  # never leave an asked trial RUNNING
             tell_fail(study, trial, f"no proposal: {type(error).__name__}: {error}")
             raise

@@ -35,6 +35,21 @@ class Objective(Enum):
     train_seconds = "train_seconds"
 
 
+class WarmStartMode(Enum):
+    enqueue = "enqueue"  # the earlier best configurations are the first trials
+    copy = "copy"  # the earlier finished trials join the study, values and all
+
+
+@dataclass
+class WarmStartConf:
+    """Start from an earlier study or a best_config.yaml (docs/search.md#warm-start)."""
+    study: Optional[str] = None  # an earlier study's name
+    storage: Optional[str] = None  # where it lives; null = hydra.sweeper.storage
+    config: Optional[str] = None  # or a sweep report's best_config.yaml
+    top_k: int = 3  # mode=enqueue: how many of its best configurations
+    mode: WarmStartMode = WarmStartMode.enqueue
+
+
 @dataclass
 class SweepOptunaConf:
     _target_: str = "hydra_plugins.sweep_optuna.optuna_sweeper.SweepOptunaSweeper"
@@ -50,6 +65,7 @@ class SweepOptunaConf:
     params: Dict[str, str] = field(default_factory=dict)  # the search space
     # a function (cfg, trial) -> {key: value} | None, called after params are suggested
     custom_search_space: Optional[str] = None
+    warm_start: WarmStartConf = field(default_factory=WarmStartConf)
     max_failure_rate: float = 0.5  # stop when more than this share of finished trials FAIL
     min_trials_for_failure_rate: int = 4
     n_workers: int = 1  # processes on this machine sharing the study

@@ -14,7 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweep.study._compat import tell_quietly
 
-__all__ = ["TAKEN", "NOT_RUN_ATTR", "ran", "tell_fail", "tell_not_run", "owner_died",
+__all__ = ["TAKEN", "NOT_RUN_ATTR", "COPIED_ATTR", "ran", "tell_fail", "tell_not_run", "owner_died",
            "frozen_trial", "CHECKPOINT_ATTR", "RESUMABLE_ATTR", "EXIT_CODE_ATTR", "retried",
            "retry_stopped"]
 
@@ -23,11 +23,14 @@ TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.
 # user attr of a trial that was asked but never launched (n_trials already taken by others,
 # the last configurations taken): FAIL in Optuna, left out of counts, rates and reports
 NOT_RUN_ATTR = "not_run"
+COPIED_ATTR = "copied_from"  # user attr: "<study>#<number>" of a warm start's copy
 
 
 def ran(t: FrozenTrial) -> bool:
-    """False for a trial that was asked but never launched (``NOT_RUN_ATTR``)."""
-    return NOT_RUN_ATTR not in t.user_attrs
+    """False for a trial that was asked but never launched (``NOT_RUN_ATTR``), or that
+    warm start copied from another study (``COPIED_ATTR``: the sampler and pruner learn
+    from it, but it is not one of this study's trials to count, list or win)."""
+    return NOT_RUN_ATTR not in t.user_attrs and COPIED_ATTR not in t.user_attrs
 
 
 def tell_fail(study: optuna.Study, trial: Union[optuna.trial.Trial, int],

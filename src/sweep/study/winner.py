@@ -18,17 +18,26 @@ __all__ = ["best_trials", "best"]
 
 
 def best_trials(study: "optuna.Study") -> List["FrozenTrial"]:
-    """The winners: ``[best_trial]`` for one objective, the Pareto front for several;
-    ``[]`` before any trial completed."""
+    """The winners: ``[best trial]`` for one objective, the Pareto front for several;
+    ``[]`` before any trial completed. Only the study's own trials compete: not those
+    warm start copied from another study (they have no adapter here)."""
     from optuna.study import StudyDirection
     from optuna.trial import TrialState
 
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        return []
-    if len(study.directions) == 1:
-        return [study.best_trial]
-    sign = 1.0 if study.directions[0] == StudyDirection.MINIMIZE else -1.0
-    return sorted(study.best_trials, key=lambda t: (sign * t.values[0], t.number))
+    from sweep.study.trials import ran
+
+    signs = [1.0 if d == StudyDirection.MINIMIZE else -1.0 for d in study.directions]
+    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+              if ran(t)]
+    key = [lambda t, i=i: signs[i] * t.values[i] for i in range(len(signs))]
+    if len(signs) == 1:
+        return [min(trials, key=lambda t: (key[0](t), t.number))] if trials else []
+
+    def dominates(a, b) -> bool:
+        return all(k(a) <= k(b) for k in key) and any(k(a) < k(b) for k in key)
+
+    front = [t for t in trials if not any(dominates(o, t) for o in trials)]
+    return sorted(front, key=lambda t: (key[0](t), t.number))
 
 
 def best(study: "optuna.Study") -> Optional["FrozenTrial"]:
