@@ -118,3 +118,29 @@ def test_warm_start_copy_learns_from_earlier_trials_and_refuses_another_objectiv
     assert {t.state for t in copies} <= set(FINISHED)
     board = (stores.sweep_dir / "report" / "leaderboard.csv").read_text().splitlines()
     assert len(board) == 1 + 2  # the copies inform the sampler and pruner, not the board
+
+
+FLAT = ("hydra.sweeper.params={lora.rank: 'choice(16)', lora.alpha: 'choice(32)', "
+        "train.grad_accumulation: 'choice(2)', optimizer.lr: 'interval(4.9e-4, 5.1e-4)'}")
+
+
+def test_termination_stops_a_flattened_sweep_and_says_why(tmp_path: Path) -> None:
+    """Every value within a hundredth of a standard error of the others: after
+    min_trials, `patience` trials without a real improvement end the sweep."""
+    out = sweep(tmp_path, FLAT, "hydra.sweeper.pruner=none", "hydra.sweeper.terminate.rule=noise",
+                "hydra.sweeper.terminate.min_trials=4", "hydra.sweeper.terminate.patience=3",
+                n=20)
+    assert out.returncode == 0, out.stderr[-3000:]
+    stores = harness.Stores(tmp_path)
+    trials = stores.study().get_trials()
+    assert len(trials) == 4  # trial 0 is the best, then 3 trials within its noise
+    assert "Stopping before hydra.sweeper.n_trials=20: the best val_loss" in out.stderr + out.stdout
+    assert "has not been beaten by more than 1 standard error(s) in the last 3 trials" in out.stdout
+    _, runs = stores.runs()
+    parent = [r for r in runs if r.data.tags.get("sweep.kind") == "study"][0]
+    assert "rule=noise, patience=3" in parent.data.tags["sweep.terminated"]
+
+
+def test_without_termination_a_flattened_sweep_runs_n_trials(tmp_path: Path) -> None:
+    out = sweep(tmp_path, FLAT, "hydra.sweeper.pruner=none", n=6)
+    assert out.returncode == 0 and len(harness.Stores(tmp_path).study().get_trials()) == 6

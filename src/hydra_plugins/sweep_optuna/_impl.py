@@ -47,6 +47,7 @@ from hydra_plugins.sweep_optuna._proposals import (Proposer, QuotaReached, Space
 from hydra_plugins.sweep_optuna._search_space import (SearchSpace, SearchSpaceError,
                                                       check_budget_fits, check_space_fits,
                                                       parse_search_space, resolve_bases)
+from hydra_plugins.sweep_optuna._terminate import TERMINATED_ATTR, check_terminate, why_stop
 from hydra_plugins.sweep_optuna._storage import (fail_stale, lost_message, open_storage,
                                                  storage_lost)
 
@@ -133,6 +134,16 @@ class SweeperImpl:
         study.set_user_attr(HEARTBEAT_ATTR, int(s["heartbeat_interval"]))
         study.set_user_attr(GRACE_ATTR, int(s["grace_period"]))
         return study
+
+    def terminated(self, study: optuna.Study) -> bool:
+        """Whether ``hydra.sweeper.terminate`` ends the sweep now; says why (the log, the
+        study's user attr ``terminated``, the parent run's tag)."""
+        why = why_stop(study, self.settings, self._objectives()[0])
+        if why is None:
+            return False
+        log.info("Stopping before hydra.sweeper.n_trials=%s: %s", self.settings["n_trials"], why)
+        study.set_user_attr(TERMINATED_ATTR, why)
+        return True
 
     def warm_start(self, study: optuna.Study, space: SearchSpace) -> None:
         """Record what the trials' values mean (a later study's warm start compares it),
@@ -281,6 +292,7 @@ class SweeperImpl:
         for key in ("n_trials", "n_workers"):
             if int(self.settings[key]) < 1:
                 raise SweepAborted(f"hydra.sweeper.{key}={self.settings[key]}: must be >= 1")
+        check_terminate(self.settings, len(self._objectives()))
         self.refuse_secrets()
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -312,6 +324,8 @@ class SweeperImpl:
                     time.sleep(WAIT_POLL)  # others' trials (workers, other machines): if
                     continue               # one fails, this process runs another
                 self.check_failure_rate(study)
+                if self.terminated(study):
+                    break
                 point("between_trials")
                 try:
                     results.append(self.run_one(study, space, parent))

@@ -189,6 +189,9 @@ class StudyReport:
                     counts[t.state.name] += 1
             for state, n in counts.items():
                 self.client.log_metric(self.run_id, f"trials_{state.lower()}", n)
+            if self.study.user_attrs.get("terminated"):  # _terminate.TERMINATED_ATTR
+                self.client.set_tag(self.run_id, "sweep.terminated",
+                                    self.study.user_attrs["terminated"])
             self.client.log_artifacts(self.run_id, str(self.folder), "report")
             self.client.set_terminated(self.run_id, status="FINISHED")
 
@@ -233,6 +236,8 @@ class StudyReport:
                  f"best config: {self.folder / 'best_config.yaml'}"]
         if (self.folder / "best_adapter").is_dir():
             lines.append(f"best adapter: {self.folder / 'best_adapter'}")
+        if self.study.user_attrs.get("terminated"):
+            lines.append(f"stopped early: {self.study.user_attrs['terminated']}")
         # paths stay whole (on a line of their own if need be), so they can be copied
         print("\n" + "\n".join(textwrap.fill(line, width, subsequent_indent="  ",
                                               break_long_words=False,

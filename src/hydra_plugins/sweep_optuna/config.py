@@ -50,6 +50,23 @@ class WarmStartConf:
     mode: WarmStartMode = WarmStartMode.enqueue
 
 
+class TerminateRule(Enum):
+    none = "none"  # run n_trials
+    noise = "noise"  # best not beaten by more than z standard errors in `patience` trials
+    regret_bound = "regret_bound"  # Optuna's Terminator (needs PyTorch)
+    emmr = "emmr"  # Optuna's Terminator, EMMR evaluator (needs PyTorch)
+
+
+@dataclass
+class TerminateConf:
+    """End the sweep early when more trials are not expected to beat the best by more
+    than its noise (docs/search.md#knowing-when-to-stop); n_trials stays the limit."""
+    rule: TerminateRule = TerminateRule.none
+    min_trials: int = 8  # this study's finished trials before the rule may stop it
+    patience: int = 8  # rule=noise: finished trials without a real improvement
+    z: float = 1.0  # a real improvement: more than z standard errors of the best value
+
+
 @dataclass
 class SweepOptunaConf:
     _target_: str = "hydra_plugins.sweep_optuna.optuna_sweeper.SweepOptunaSweeper"
@@ -66,6 +83,7 @@ class SweepOptunaConf:
     # a function (cfg, trial) -> {key: value} | None, called after params are suggested
     custom_search_space: Optional[str] = None
     warm_start: WarmStartConf = field(default_factory=WarmStartConf)
+    terminate: TerminateConf = field(default_factory=TerminateConf)
     max_failure_rate: float = 0.5  # stop when more than this share of finished trials FAIL
     min_trials_for_failure_rate: int = 4
     n_workers: int = 1  # processes on this machine sharing the study
