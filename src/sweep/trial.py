@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
@@ -35,6 +35,9 @@ class TrialResult:
     trainable_parameters: int
     train: TrainResult
     seconds: float
+    # validation answer metrics (val_rougeL, val_citation_precision, ... and their _se),
+    # when the run was given an ``answer_val``
+    answers: Dict[str, float] = field(default_factory=dict)
 
     @property
     def best_val_loss_se(self) -> float:
@@ -165,6 +168,7 @@ def run_trial(
     tags: Optional[Dict[str, str]] = None,
     label: str = "",
     on_start: Optional[Callable[[Optional[str], str], None]] = None,
+    answer_val: Optional[Callable[..., Dict[str, float]]] = None,
 ) -> TrialResult:
     """Train one LoRA adapter as ``cfg`` says; the best adapter ends in
     ``output_dir/adapter`` and, when tracking is on, in the MLflow run's ``adapter/``.
@@ -172,6 +176,10 @@ def run_trial(
     A listener may stop the trial by raising :class:`~sweep.training.events.TrialStopped`
     (a pruner does): the adapter so far is still logged, and the run ends KILLED with the
     tag ``sweep.state`` saying why. Any other exception ends the run FAILED.
+
+    ``answer_val(model, tokenizer, validation examples, adapter folder)``, if given
+    (:func:`sweep.evaluation.val_answers.answerer`), scores the best adapter's answers to
+    the validation questions once training is done; its metrics are logged on the run.
     """
     started = time.perf_counter()
     typed = to_typed(cfg)
@@ -263,6 +271,15 @@ def run_trial(
                              "train_seconds": result.train_seconds,
                              "eval_seconds": result.eval_seconds}, result.iterations)
         tracker.log_artifacts(adapter_dir, "adapter")
+        answers: Dict[str, float] = {}
+        if answer_val is not None:
+            if not all("messages" in e for e in splits.valid):
+                from sweep.errors import InputError
+
+                raise InputError(f"data.path={typed.data.path}: validation answers need "
+                                 "question-answer records, not plain text (eval.val_answers)")
+            answers = answer_val(model, tokenizer, splits.valid, adapter_dir)
+            tracker.log_metrics(answers, result.iterations)
     seconds = time.perf_counter() - started
     if result.paused:
         log.info("stopped at micro-batch %d of %d (train.stop_after_epochs=%g), a checkpoint "
@@ -275,4 +292,4 @@ def run_trial(
              adapter_dir, seconds, result.train_seconds, result.eval_seconds,
              "; both since the run's start, before it was resumed" if resume else "")
     return TrialResult(result.best_val_loss, result.best_step, adapter_dir, loaded.path,
-                       tracker.run_id, n_trainable, result, seconds)
+                       tracker.run_id, n_trainable, result, seconds, answers)

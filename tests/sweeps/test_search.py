@@ -144,3 +144,70 @@ def test_termination_stops_a_flattened_sweep_and_says_why(tmp_path: Path) -> Non
 def test_without_termination_a_flattened_sweep_runs_n_trials(tmp_path: Path) -> None:
     out = sweep(tmp_path, FLAT, "hydra.sweeper.pruner=none", n=6)
     assert out.returncode == 0 and len(harness.Stores(tmp_path).study().get_trials()) == 6
+
+
+ONE_KNOB = ("hydra.sweeper.params={lora.rank: 'choice(16)', lora.alpha: 'choice(32)', "
+            "train.grad_accumulation: 'choice(2)', optimizer.lr: 'choice(5e-4, 1e-4)'}")
+
+
+def test_a_constraint_excludes_an_infeasible_trial_from_the_winner(tmp_path: Path) -> None:
+    """The zero-cost runner's precision falls with the lr: lr 5e-4 has the better loss
+    (2.60) but precision 0.725 < 0.75; lr 1e-4 (2.67, precision 0.9) must win."""
+    out = sweep(tmp_path, ONE_KNOB, "hydra.sweeper.pruner=none",
+                "+hydra.sweeper.constraints.val_citation_precision='>= 0.75'", n=2)
+    assert out.returncode == 0, out.stderr[-3000:]
+    stores = harness.Stores(tmp_path)
+    s = stores.study()
+    by_lr = {t.params["optimizer.lr"]: t for t in s.trials}
+    assert by_lr[5e-4].value < by_lr[1e-4].value  # the better loss ...
+    from sweep.testing.zero_cost import answer_metrics
+
+    missed = 0.75 - answer_metrics(5e-4)["val_citation_precision"]
+    assert by_lr[5e-4].constraints == {"val_citation_precision >= 0.75": pytest.approx(missed)}
+    from sweep.study.winner import best
+
+    assert best(s).number == by_lr[1e-4].number  # ... is not the winner
+    assert f"best trial {by_lr[1e-4].number}:" in out.stdout
+    board = (stores.sweep_dir / "report" / "leaderboard.csv").read_text().splitlines()
+    assert board[0].split(",")[:3] == ["rank", "trial", "state"] and "feasible" in board[0]
+    assert board[1].split(",")[1] == str(by_lr[1e-4].number)  # feasible first
+
+
+def test_an_answer_metric_is_an_objective_in_its_direction(tmp_path: Path) -> None:
+    out = sweep(tmp_path, ONE_KNOB, "hydra.sweeper.objectives=[val_citation_precision]", n=2)
+    assert out.returncode == 0, out.stderr[-3000:]
+    s = harness.Stores(tmp_path).study()
+    assert s.direction.name == "MAXIMIZE"
+    assert s.best_trial.params["optimizer.lr"] == 1e-4 and s.best_trial.value == 0.9
+    assert all(not t.intermediate_values for t in s.trials)  # the pruner watches val_loss only
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("+hydra.sweeper.constraints.val_citation_precision='> 0.5'",
+     "hydra.sweeper.constraints.val_citation_precision: '> 0.5' is not a bound"),
+    ("+hydra.sweeper.constraints.val_politeness='>= 0.5'", "unknown measure 'val_politeness'"),
+    ("hydra.sweeper.objectives=[val_politeness]", "val_politeness"),
+])
+def test_bad_constraints_and_objectives_are_one_line(tmp_path: Path, setting, message) -> None:
+    out = sweep(tmp_path, setting)
+    said = out.stdout + out.stderr
+    assert out.returncode != 0 and message in said and "Traceback" not in said, said[-2000:]
+
+
+def test_validation_answers_on_the_tiny_model(tmp_path: Path) -> None:
+    """The real path: the trial's adapter answers validation questions, the metrics are
+    the second objective and on the trial's MLflow run."""
+    cmd = harness.sweep_cmd(harness.stores(tmp_path), "eval.after_sweep=false",
+                            "registry.after_sweep=false", "eval.val_questions=3",
+                            "eval.max_tokens=8", "hydra.sweeper.objectives=[val_loss,val_rougeL]",
+                            n_trials=1)
+    out = harness.run(cmd)
+    assert out.returncode == 0, out.stderr[-3000:]
+    stores = harness.Stores(tmp_path)
+    t = stores.study().trials[0]
+    assert len(t.values) == 2 and 0 <= t.values[1] <= 1
+    assert t.user_attrs["val_rougeL"] == t.values[1] and "val_citation_precision_se" in t.user_attrs
+    _, runs = stores.runs()
+    run = [r for r in runs if r.data.tags.get("sweep.trial") == "0"][0]
+    assert run.data.metrics["val_rougeL"] == pytest.approx(t.values[1])
+    assert run.data.metrics["val_questions"] == 3

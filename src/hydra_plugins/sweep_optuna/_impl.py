@@ -36,6 +36,7 @@ from sweep.study._compat import job_error
 from sweep.testing.faults import point
 from sweep.study import EVALUATED_ATTR, WORKER_ENV
 from sweep.study.locks import study_lock
+from sweep.study.objectives import direction, parse_constraint
 from sweep.study.link import GRACE_ATTR, HEARTBEAT_ATTR, PRUNER_ATTR, build_pruner
 
 from sweep.study.trials import (EXIT_CODE_ATTR, frozen_trial, owner_died, ran, retry_stopped,
@@ -119,16 +120,18 @@ class SweeperImpl:
         self.storage = storage
         try:  # exactly one of the processes started together makes it (a unique name)
             study = optuna.create_study(storage=storage, study_name=name, sampler=sampler,
-                                        pruner=pruner, directions=["minimize"] * len(objectives))
+                                        pruner=pruner,
+                                        directions=[direction(o) for o in objectives])
             self.created_study = True
         except optuna.exceptions.DuplicatedStudyError:
             study = optuna.load_study(storage=storage, study_name=name, sampler=sampler,
                                       pruner=pruner)
             self.created_study = False
-        if len(study.directions) != len(objectives):
+        if [d.name.lower() for d in study.directions] != [direction(o) for o in objectives]:
             raise SweepAborted(
-                f"study '{study.study_name}' has {len(study.directions)} objective(s), "
-                f"hydra.sweeper.objectives has {len(objectives)}; use another study_name")
+                f"study '{study.study_name}' has {len(study.directions)} objective(s) "
+                f"({', '.join(d.name.lower() for d in study.directions)}), hydra.sweeper."
+                f"objectives={objectives}: another measure; use another study_name")
         study.set_user_attr("objectives", objectives)
         study.set_user_attr(PRUNER_ATTR, pruner_spec)
         study.set_user_attr(HEARTBEAT_ATTR, int(s["heartbeat_interval"]))
@@ -188,6 +191,8 @@ class SweeperImpl:
                f"trial.study_name={hydra_value(study.study_name)}",
                f"trial.number={number}",
                f"trial.objectives=[{objectives}]"]
+        out += [f"+trial.constraints.{k}={hydra_value(str(v))}"  # a typed dict: + adds a key
+                for k, v in (self.settings.get("constraints") or {}).items()]
         if parent:
             out.append(f"trial.parent_run_id={hydra_value(parent)}")
         return out
@@ -293,6 +298,11 @@ class SweeperImpl:
             if int(self.settings[key]) < 1:
                 raise SweepAborted(f"hydra.sweeper.{key}={self.settings[key]}: must be >= 1")
         check_terminate(self.settings, len(self._objectives()))
+        for name, bound in (self.settings.get("constraints") or {}).items():
+            try:
+                parse_constraint(name, bound)
+            except ValueError as error:
+                raise SweepAborted(f"hydra.sweeper.constraints.{error}") from None
         self.refuse_secrets()
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,11 @@ from typing import Any, Dict, List, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from optuna.study import StudyDirection
+
+from sweep.study.objectives import ANSWER_METRICS
 from sweep.study.trials import ran
+from sweep.study.winner import feasible
 
 __all__ = ["leaderboard", "format_value", "to_csv", "to_markdown", "format_table", "leaderboard_text"]
 
@@ -28,7 +32,7 @@ def format_value(value: Any) -> str:
 
 
 def _with_se(row: Dict[str, Any], name: str) -> str:
-    se = row.get("val_loss_se") if name == "val_loss" else None
+    se = row.get(f"{name}_se")
     return format_value(row[name]) + (f" +- {se:.3f}" if se is not None and row[name] is not None
                               and math.isfinite(se) else "")
 
@@ -37,12 +41,19 @@ def leaderboard(study: optuna.Study) -> List[Dict[str, Any]]:
     """One row per trial, best first: complete by value, then pruned, then failed."""
     objectives = study.user_attrs.get("objectives", ["value"])
     keys = sorted({k for t in study.trials for k in t.params})
+    sign = 1.0 if study.directions[0] == StudyDirection.MINIMIZE else -1.0
+    answers = [m for m in ANSWER_METRICS if m not in objectives
+               and any(m in t.user_attrs for t in study.trials)]
+    constrained = any(t.constraints for t in study.trials)
 
     def sort_key(t: FrozenTrial):
+        # pruned trials' last reports are val_loss (the pruner's): lower is better
         last = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values \
             else math.inf
-        primary = t.values[0] if t.values else last
-        return (_ORDER.get(t.state, 9), primary if primary is not None else math.inf, t.number)
+        primary = sign * t.values[0] if t.values else last
+        return (_ORDER.get(t.state, 9), not feasible(t),
+                primary if primary is not None and math.isfinite(primary) else math.inf,
+                t.number)
 
     rows = []
     for rank, t in enumerate(sorted(filter(ran, study.trials), key=sort_key), start=1):
@@ -50,6 +61,11 @@ def leaderboard(study: optuna.Study) -> List[Dict[str, Any]]:
         for i, name in enumerate(objectives):
             row[name] = t.values[i] if t.values and len(t.values) > i else None
         row["val_loss_se"] = t.user_attrs.get("val_loss_se")  # of the whole-split value
+        for name in [o for o in objectives if o in ANSWER_METRICS] + answers:
+            row[name] = t.user_attrs.get(name) if name not in row else row[name]
+            row[f"{name}_se"] = t.user_attrs.get(f"{name}_se")
+        if constrained:
+            row["feasible"] = (feasible(t) if t.constraints else None)
         if t.intermediate_values:
             row["last_reported"] = t.intermediate_values[max(t.intermediate_values)]
             row["reported_at_iter"] = max(t.intermediate_values)
@@ -122,9 +138,15 @@ def leaderboard_text(study: optuna.Study, rows: List[Dict[str, Any]], width: int
     """The leaderboard for the terminal: a title and the table, no line wider than width."""
     objectives = study.user_attrs.get("objectives", ["value"])
     params = sorted({k for t in study.trials for k in t.params})
-    header = ["rank", "trial", "state", *objectives, "last reported", *params, "seconds"]
-    cells = [[str(r["rank"]), str(r["trial"]), r["state"], *(_with_se(r, o) for o in objectives),
-              format_value(r["last_reported"]), *(format_value(r[p]) for p in params), format_value(r["seconds"])]
+    extra = [m for m in ANSWER_METRICS if rows and m in rows[0] and m not in objectives]
+    feasibility = ["feasible"] if rows and "feasible" in rows[0] else []
+    header = ["rank", "trial", "state", *objectives, *extra, *feasibility, "last reported",
+              *params, "seconds"]
+    cells = [[str(r["rank"]), str(r["trial"]), r["state"],
+              *(_with_se(r, o) for o in objectives + extra),
+              *({True: "yes", False: "no"}.get(r["feasible"], "") for _ in feasibility),
+              format_value(r["last_reported"]), *(format_value(r[p]) for p in params),
+              format_value(r["seconds"])]
              for r in rows]
     title = textwrap.fill(f"study '{study.study_name}': {len(rows)} trials", max(width, 20))
     return title + "\n" + format_table(header, cells, width, repeat=1, left=("state",))

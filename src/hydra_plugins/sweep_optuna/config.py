@@ -10,6 +10,8 @@ from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 
+from sweep.study.objectives import DIRECTIONS
+
 
 class Sampler(Enum):
     tpe = "tpe"
@@ -29,10 +31,8 @@ class Pruner(Enum):
     none = "none"
 
 
-class Objective(Enum):
-    val_loss = "val_loss"  # the best validation loss of the trial
-    trainable_parameters = "trainable_parameters"  # adapter size
-    train_seconds = "train_seconds"
+# what hydra.sweeper.objectives may name (sweep.study.objectives: names and directions)
+Objective = Enum("Objective", {name: name for name in DIRECTIONS})
 
 
 class WarmStartMode(Enum):
@@ -79,6 +79,8 @@ class SweepOptunaConf:
     pruner: Pruner = Pruner.paired_median  # chosen by replaying a real grid (bench/)
     pruner_kwargs: Dict[str, Any] = field(default_factory=dict)
     objectives: List[Objective] = field(default_factory=lambda: [Objective.val_loss])
+    # measure -> bound ("val_citation_precision: '>= 0.5'"): the winner must meet them all
+    constraints: Dict[str, str] = field(default_factory=dict)
     params: Dict[str, str] = field(default_factory=dict)  # the search space
     # a function (cfg, trial) -> {key: value} | None, called after params are suggested
     custom_search_space: Optional[str] = None

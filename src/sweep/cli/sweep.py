@@ -48,13 +48,16 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: list) -> float:
     # sweep.cli.main (joblib's loky workers, submitit's SLURM jobs); a no-op otherwise.
     runtime.setup()
     from sweep.study.link import HeartbeatLost, TrialPruned, objective_values, open_link
+    from sweep.study.objectives import measures
 
     run_trial = trial_runner(cfg)
 
     link_cfg = OmegaConf.to_object(cfg.trial)  # run_trial validates the whole config
+    answer_val = val_answerer(cfg, link_cfg)
     link = open_link(link_cfg)
     if link is None:
-        return run_trial(cfg, output_dir, overrides=overrides).best_val_loss
+        return run_trial(cfg, output_dir, overrides=overrides,
+                         answer_val=answer_val).best_val_loss
     label = f"trial {link.number}"
     os.environ[CURRENT_TRIAL_ENV] = str(link.number)  # for sweep.testing.faults (tests)
     checkpoint = resume_point(cfg, link, output_dir, label)
@@ -65,7 +68,7 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: list) -> float:
                            parent_run_id=link_cfg.parent_run_id, run_name=f"trial-{link.number}",
                            tags={"sweep.study": str(link_cfg.study_name),
                                  "sweep.trial": str(link.number)},
-                           label=label, on_start=link.started)
+                           label=label, on_start=link.started, answer_val=answer_val)
     except TrialPruned as pruned:
         link.prune()
         link.close()
@@ -84,10 +87,25 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: list) -> float:
     try:
         values = objective_values(list(link_cfg.objectives), result)
         link.trial.set_user_attr("val_loss_se", result.best_val_loss_se)
+        link.record(result.answers, dict(link_cfg.constraints), measures(result))
         link.complete(values)
         return values[0]
     finally:
         link.close()
+
+
+def val_answerer(cfg: DictConfig, link_cfg):
+    """:func:`sweep.evaluation.val_answers.answerer` when this run answers the validation
+    questions (``eval.val_answers``, or an objective or constraint that needs them)."""
+    from sweep.study.objectives import needs_answers
+
+    if not needs_answers(list(link_cfg.objectives), dict(link_cfg.constraints),
+                         cfg.eval.val_answers):
+        return None
+    from sweep.config import to_typed
+    from sweep.evaluation.val_answers import answerer
+
+    return answerer(to_typed(cfg).eval)
 
 
 def resume_point(cfg: DictConfig, link, output_dir: Path, label: str):

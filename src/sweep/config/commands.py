@@ -29,10 +29,16 @@ class EvalConfig:
     batch_size: int = 128  # answers decoded at once (continuous batching)
     bootstrap: int = 1000  # resamples for the uncertainty of corpus-level scores
     log_to_mlflow: bool = True  # metrics and the answer table on the evaluated run
+    # validation answers at the end of each trial (val_rougeL, val_citation_precision, ...
+    # with their standard errors): null = when an objective or constraint needs them
+    val_answers: Optional[bool] = None
+    val_questions: Optional[int] = None  # how many validation questions; null = all
 
     def __post_init__(self) -> None:
         _require(self.max_examples is None or self.max_examples > 0, "eval.max_examples",
                  "must be null (every test question) or > 0", self.max_examples)
+        _require(self.val_questions is None or self.val_questions > 0, "eval.val_questions",
+                 "must be null (every validation question) or > 0", self.val_questions)
         for key in ("max_tokens", "batch_size", "bootstrap"):
             _require(getattr(self, key) > 0, f"eval.{key}", "must be > 0", getattr(self, key))
 

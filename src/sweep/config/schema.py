@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from omegaconf import MISSING
 
@@ -355,6 +355,7 @@ class TrialLink:
     number: Optional[int] = None
     parent_run_id: Optional[str] = None  # the study's MLflow run
     objectives: List[str] = field(default_factory=lambda: ["val_loss"])
+    constraints: Dict[str, str] = field(default_factory=dict)  # measure -> ">= 0.5"
 
 
 @dataclass

@@ -71,14 +71,17 @@ class TrialPruned(TrialStopped):
 
 def objective_values(names: Sequence[str], result: Any) -> List[float]:
     """The objective values of a finished trial, in the order of ``names``."""
-    table = {
-        "val_loss": result.best_val_loss,  # the whole validation split
-        "trainable_parameters": float(result.trainable_parameters),
-        "train_seconds": result.train.train_seconds,
-    }
-    unknown = [n for n in names if n not in table]
+    from sweep.study.objectives import DIRECTIONS, measures
+
+    table = measures(result)
+    unknown = [n for n in names if n not in DIRECTIONS]
     if unknown:
-        raise ValueError(f"hydra.sweeper.objectives: unknown {unknown}; choose from {list(table)}")
+        raise ValueError(f"hydra.sweeper.objectives: unknown {unknown}; choose from "
+                         f"{list(DIRECTIONS)}")
+    missing = [n for n in names if n not in table]
+    if missing:
+        raise ValueError(f"hydra.sweeper.objectives: {missing} were not measured (the "
+                         "validation answers are off: eval.val_answers=false)")
     return [table[n] for n in names]
 
 
@@ -137,6 +140,8 @@ class OptunaTrialLink:
             study_id, self.number)
         self.trial = optuna.trial.Trial(self.study, self.trial_id)
         self.multi_objective = len(self.study.directions) > 1
+        # the pruner compares the val_loss curves: only when that is the one objective
+        self.reports = not self.multi_objective and list(link.objectives)[:1] == ["val_loss"]
         self.trial.set_user_attr("host", socket.gethostname())
         self.trial.set_user_attr("pid", os.getpid())
         self.grace_period = int(attrs.get(GRACE_ATTR, DEFAULT_GRACE))
@@ -189,7 +194,7 @@ class OptunaTrialLink:
         from sweep.study.pruning import examples_attr
         from sweep.stats import example_record
 
-        if self.multi_objective or report.step == 0:
+        if not self.reports or report.step == 0:
             return
         if report.examples:  # for the paired pruner, before the value it explains
             self.trial.set_user_attr(examples_attr(report.iteration), example_record(
@@ -216,6 +221,19 @@ class OptunaTrialLink:
     def _tell(self, **kwargs: Any) -> None:
         self._stop.set()
         self.study.tell(self.number, skip_if_finished=True, **kwargs)
+
+    def record(self, answers: Dict[str, float], constraints: Dict[str, str],
+               measured: Dict[str, float]) -> None:
+        """Before the tell: the validation answer metrics as user attrs (the leaderboard,
+        warm start and termination read them) and each constraint's value (Optuna's
+        ``set_constraint``: feasible when <= 0; the winner must be feasible)."""
+        from sweep.study.objectives import constraint_value
+
+        for name, value in answers.items():
+            self.trial.set_user_attr(name, value)
+        for name, bound in constraints.items():
+            self.trial.set_constraint(f"{name} {bound}", constraint_value(bound,
+                                                                          measured.get(name)))
 
     def complete(self, values: List[float]) -> None:
         self._tell(values=values if self.multi_objective else values[0])

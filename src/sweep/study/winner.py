@@ -14,13 +14,14 @@ if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
-__all__ = ["best_trials", "best"]
+__all__ = ["best_trials", "best", "feasible"]
 
 
 def best_trials(study: "optuna.Study") -> List["FrozenTrial"]:
     """The winners: ``[best trial]`` for one objective, the Pareto front for several;
-    ``[]`` before any trial completed. Only the study's own trials compete: not those
-    warm start copied from another study (they have no adapter here)."""
+    ``[]`` before any trial completed. Only the study's own feasible trials compete: not
+    those warm start copied from another study (they have no adapter here), nor those that
+    miss a constraint (``hydra.sweeper.constraints``)."""
     from optuna.study import StudyDirection
     from optuna.trial import TrialState
 
@@ -28,7 +29,7 @@ def best_trials(study: "optuna.Study") -> List["FrozenTrial"]:
 
     signs = [1.0 if d == StudyDirection.MINIMIZE else -1.0 for d in study.directions]
     trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-              if ran(t)]
+              if ran(t) and feasible(t)]
     key = [lambda t, i=i: signs[i] * t.values[i] for i in range(len(signs))]
     if len(signs) == 1:
         return [min(trials, key=lambda t: (key[0](t), t.number))] if trials else []
@@ -38,6 +39,11 @@ def best_trials(study: "optuna.Study") -> List["FrozenTrial"]:
 
     front = [t for t in trials if not any(dominates(o, t) for o in trials)]
     return sorted(front, key=lambda t: (key[0](t), t.number))
+
+
+def feasible(t: "FrozenTrial") -> bool:
+    """Whether ``t`` meets every constraint set on it (Optuna: all values <= 0)."""
+    return all(v <= 0 for v in t.constraints.values())
 
 
 def best(study: "optuna.Study") -> Optional["FrozenTrial"]:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
-__all__ = ["TARGET", "objective", "run"]
+__all__ = ["TARGET", "objective", "run", "answer_metrics"]
 
 TARGET = "sweep.testing.zero_cost.run"  # runner._target_ that selects it
 BASE_LOSS = 3.1  # the base model's validation loss on the default data, roughly
@@ -41,7 +41,8 @@ def objective(lr: float, rank: int, alpha: float, grad_accumulation: int) -> flo
 def run(cfg: Any, output_dir: Path, *, overrides: Sequence[str] = (),
         listeners: Iterable[Any] = (), parent_run_id: Optional[str] = None,
         run_name: Optional[str] = None, tags: Optional[Dict[str, str]] = None, label: str = "",
-        on_start: Optional[Callable[[Optional[str], str], None]] = None):
+        on_start: Optional[Callable[[Optional[str], str], None]] = None,
+        answer_val: Optional[Callable[..., Dict[str, float]]] = None):
     """:func:`sweep.trial.run_trial`'s stand-in (same arguments, same result), without
     data, model or training."""
     from sweep.config import flatten, to_typed
@@ -85,5 +86,18 @@ def run(cfg: Any, output_dir: Path, *, overrides: Sequence[str] = (),
                              best_val_loss_se=0.05, best_iteration=t.iters,
                              base_val_loss=BASE_LOSS)
         tracker.log_metrics({"best_val_loss": final, "best_val_loss_se": 0.05}, t.iters)
+        answers = {} if answer_val is None else answer_metrics(typed.optimizer.lr)
+        tracker.log_metrics(answers, t.iters)
     return TrialResult(final, result.best_step, output_dir / "adapter", "", tracker.run_id,
-                       trainable, result, time.perf_counter() - started)
+                       trainable, result, time.perf_counter() - started, answers)
+
+
+def answer_metrics(lr: float) -> Dict[str, float]:
+    """The validation answer metrics the runner reports when asked for them: constant
+    but for citation precision, which falls as the lr rises (0.9 at 1e-4, 0.725 at 5e-4),
+    so the best loss and the best precision pull apart as on the real data."""
+    precision = min(1.0, max(0.0, 0.9 - 0.25 * (math.log10(lr) + 4)))
+    out = {"val_rougeL": 0.25, "val_bleu": 7.0, "val_f1": 0.27, "val_exact_match": 0.0,
+           "val_citation_precision": precision, "val_citation_recall": 0.12}
+    out.update({f"{k}_se": 0.02 for k in list(out)})
+    return out
