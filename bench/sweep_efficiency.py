@@ -96,12 +96,15 @@ def load_curves(path: Path) -> Tuple[Curves, Dict[str, List]]:
 
 
 def replay(curves: Curves, grid: Dict[str, List], strategy: str, seed: int, iters: int,
-           target: float, max_trials: int, pruner=PRUNER) -> Dict[str, Any]:
+           target: float, max_trials: int, pruner=PRUNER, warm=None, stop=None
+           ) -> Dict[str, Any]:
     """One replayed sweep: micro-batches until the best complete value <= target (inf if
     never), best value after ``max_trials`` trials, their micro-batches, and how many
     times the grid's best configuration was proposed and pruned. As in the sweeper, no
     configuration is proposed twice (a repeat is drawn again; here the repeated trial is
-    told FAIL, which TPE ignores)."""
+    told FAIL, which TPE ignores). ``warm(study)`` starts the study (enqueued or copied
+    trials: bench/search_replay.py); ``stop(study)`` ends the sweep before a trial (its
+    ``out["stopped"]`` is then the number of trials run)."""
     import optuna
 
     from sweep.study.link import build_pruner
@@ -116,11 +119,16 @@ def replay(curves: Curves, grid: Dict[str, List], strategy: str, seed: int, iter
     study = optuna.create_study(sampler=sampler, pruner=pruning)
     true_best = min(curves, key=lambda k: curves[k]["objective"])
     out = {"reached": math.inf, "best": math.inf, "compute": 0, "best_pruned": 0,
-           "best_proposed": 0}
+           "best_proposed": 0, "stopped": None}
     taken, rng = set(), np.random.default_rng(seed)
-    for _ in range(max_trials):
+    if warm is not None:
+        warm(study)
+    for n in range(max_trials):
         if len(taken) == len(curves):
             break  # the sweeper stops when every point of a discrete space has run
+        if stop is not None and stop(study):
+            out["stopped"] = n
+            break
         trial = study.ask(distributions)
         key = tuple(trial.params[k] for k in grid)
         for attempt in range(MAX_DRAWS + 1):  # the sweeper never repeats a configuration
@@ -146,6 +154,7 @@ def replay(curves: Curves, grid: Dict[str, List], strategy: str, seed: int, iter
                 break
         if not pruned:
             out["compute"] += iters
+            trial.set_user_attr("val_loss_se", seen["objective_se"])  # what a job records
             study.tell(trial, seen["objective"])
             out["best"] = min(out["best"], seen["objective"])
             if out["best"] <= target and out["reached"] == math.inf:

@@ -211,3 +211,27 @@ def test_validation_answers_on_the_tiny_model(tmp_path: Path) -> None:
     run = [r for r in runs if r.data.tags.get("sweep.trial") == "0"][0]
     assert run.data.metrics["val_rougeL"] == pytest.approx(t.values[1])
     assert run.data.metrics["val_questions"] == 3
+
+
+def test_the_finished_winner_answers_again_and_says_what_it_missed(tmp_path: Path) -> None:
+    """A constrained sweep of prefixes: the winner is trained on to its whole budget and
+    answers the validation questions again; a bound it no longer meets is one warning."""
+    cmd = harness.sweep_cmd(harness.stores(tmp_path), "eval.after_sweep=false",
+                            "registry.after_sweep=false", "eval.val_questions=3",
+                            "eval.max_tokens=8", "train.epochs=1", "train.stop_after_epochs=0.5",
+                            "+hydra.sweeper.constraints.val_rougeL='>= 0'",
+                            "+hydra.sweeper.constraints.val_f1='<= -1'", n_trials=1)
+    out = harness.run(cmd)
+    assert out.returncode == 0, out.stderr[-3000:]
+    s = harness.Stores(tmp_path).study()
+    assert s.trials[0].constraints["val_f1 <= -1"] > 0  # infeasible: no winner to finish
+    assert "finished_winner" not in s.user_attrs
+    assert "no trial met hydra.sweeper.constraints, so there is no winner to ship; the " \
+           "nearest, trial 0, missed val_f1 <= -1 (short by" in out.stdout
+    cmd = [c for c in cmd if "val_f1" not in c]
+    again = harness.run([*cmd, "hydra.sweeper.study_name=t"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    done = harness.Stores(tmp_path).study("t").user_attrs["finished_winner"]
+    assert done["state"] == "done" and "val_rougeL" in done["answers"]
+    assert done["missed_constraints"] == {}
+    assert "val_rougeL" in done["search"] and "trained on to the whole budget" in again.stdout

@@ -226,6 +226,17 @@ class StudyReport:
         width = shutil.get_terminal_size(fallback=(120, 24)).columns
         print(leaderboard_text(self.study, rows, width))
         if not best:
+            infeasible = [t for t in self.study.get_trials(deepcopy=False,
+                                                           states=(TrialState.COMPLETE,))
+                          if ran(t) and t.constraints]
+            if infeasible:  # each missed a bound: say by how much the nearest did
+                near = min(infeasible,
+                           key=lambda t: sum(max(v, 0) for v in t.constraints.values()))
+                missed = ", ".join(f"{k} (short by {v:.3g})" for k, v in near.constraints.items()
+                                   if v > 0)
+                print(f"\nno trial met hydra.sweeper.constraints, so there is no winner to "
+                      f"ship; the nearest, trial {near.number}, missed {missed} "
+                      "(docs/search.md#objectives-and-constraints-from-answers)")
             return
         top = best[0]
         lines = [f"best trial {top.number}: "

@@ -25,8 +25,8 @@ from optuna.distributions import (BaseDistribution, CategoricalDistribution, Flo
 from optuna.trial import TrialState
 
 from sweep.study._compat import draw_unrecorded, enqueued_params, suggesting
-from sweep.study.trials import (TAKEN, frozen_trial, owner_died, ran, retried, tell_fail,
-                                 tell_not_run)
+from sweep.study.trials import (COPIED_ATTR, TAKEN, frozen_trial, owner_died, ran, retried,
+                                tell_fail, tell_not_run)
 
 from hydra_plugins.sweep_optuna._search_space import SearchSpace, grid_values, hydra_value
 
@@ -300,8 +300,10 @@ class Proposer:
             # kept the gRPC proxy busy (101 CPU-s for 96 trials, bench/load.py)
 
     def _taken(self, study: optuna.Study, number: int) -> Set[Tuple]:
+        """The configurations a new trial must not repeat: not those warm start copied from
+        another study (evidence for the sampler; their best may be worth training here)."""
         return {config_key(enqueued_params(t)) for t in study.get_trials(deepcopy=False, states=TAKEN)
-                if t.number != number}
+                if t.number != number and COPIED_ATTR not in t.user_attrs}
 
     def _draw_new(self, study: optuna.Study, space: SearchSpace, number: int,
                   points: Optional[List[Dict[str, Any]]]) -> Optional[Dict[str, Any]]:

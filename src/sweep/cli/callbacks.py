@@ -96,13 +96,23 @@ class FinishWinner(_AfterSweep):
     def after(self, config: DictConfig, study: Any) -> None:
         from sweep.config import to_typed
         from sweep.study.finish import finish_winner
+        from sweep.study.objectives import needs_answers
 
         cfg = config.copy()
         with open_dict(cfg):
             del cfg["hydra"]
+        sweeper = OmegaConf.to_container(config.hydra.sweeper, resolve=True, enum_to_str=True)
+        constraints = dict(sweeper.get("constraints") or {})
+        answer_val = None
+        if needs_answers(list(sweeper.get("objectives") or []), constraints,
+                         OmegaConf.select(cfg, "eval.val_answers")):
+            from sweep.evaluation.val_answers import answerer
+
+            answer_val = answerer(to_typed(cfg).eval)
         try:
             done = finish_winner(study, Path(str(config.hydra.sweep.dir)) / "report",
-                                 to_typed(cfg).mlflow)
+                                 to_typed(cfg).mlflow, answer_val=answer_val,
+                                 constraints=constraints)
         except Exception as error:  # noqa: BLE001
             log.warning("training the best trial on to its whole budget failed: %s (re-run "
                         "the same sweep command to go on from its newest checkpoint)",
@@ -111,7 +121,10 @@ class FinishWinner(_AfterSweep):
         if done:
             print(f"best trial {done['trial']} trained on to the whole budget "
                   f"({done['iterations']} micro-batches): val_loss {done['search_val_loss']:.4f}"
-                  f" -> {done['val_loss']:.4f} +- {done['val_loss_se']:.4f}", flush=True)
+                  f" -> {done['val_loss']:.4f} +- {done['val_loss_se']:.4f}"
+                  + "".join(f"; {k} {done['search'].get(k, float('nan')):.3f} -> {v:.3f}"
+                            for k, v in done.get("answers", {}).items()
+                            if k in constraints), flush=True)
 
 
 class EvaluateWinner(_AfterSweep):

@@ -52,8 +52,9 @@ def local_checkpoint(checkpoint: Optional[str], run_id: Optional[str], mlflow_cf
     return None
 
 
-def finish_winner(study: Any, report_dir: Optional[Path] = None,
-                  mlflow_cfg: Any = None) -> Optional[Dict[str, Any]]:
+def finish_winner(study: Any, report_dir: Optional[Path] = None, mlflow_cfg: Any = None,
+                  answer_val: Any = None, constraints: Optional[Dict[str, str]] = None
+                  ) -> Optional[Dict[str, Any]]:
     """Train the best trial of ``study`` on to its whole budget, if it stopped short; its
     result (also in the study's ``finished_winner`` attr), or None when there is nothing
     to do. A winner trained on another machine is finished here, in ``report_dir``'s
@@ -105,18 +106,40 @@ def finish_winner(study: Any, report_dir: Optional[Path] = None,
         "search_epochs": stop})
     run_trial = get_method(str(OmegaConf.select(cfg, "runner._target_",
                                                 default="sweep.trial.run_trial")))
+    extra = {"answer_val": answer_val} if answer_val is not None else {}
     result = run_trial(cfg, folder, overrides=["train.stop_after_epochs=null"],
                        run_name=f"trial-{best.number}", label=label,
-                       tags={"sweep.trial": str(best.number), "sweep.finished": "true"})
+                       tags={"sweep.trial": str(best.number), "sweep.finished": "true"},
+                       **extra)
     record = {"trial": best.number, "state": "done", "val_loss": result.best_val_loss,
               "val_loss_se": result.best_val_loss_se, "search_val_loss": best.value,
               "search_epochs": stop, "iterations": result.train.iterations,
               "run_id": result.run_id, "seconds": round(result.seconds, 1)}
+    if result.answers:  # its validation answers after the whole budget, against the search's
+        record["answers"] = dict(result.answers)
+        record["search"] = {k: best.user_attrs[k] for k in result.answers
+                            if k in best.user_attrs}
+        record["missed_constraints"] = _missed(constraints or {}, result)
     study.set_user_attr(FINISHED_ATTR, record)
     if report_dir is not None:
         _refresh_report(study, folder / "adapter", Path(report_dir), record,
                         to_typed(cfg).mlflow)
     return record
+
+
+def _missed(constraints: Dict[str, str], result: Any) -> Dict[str, float]:
+    """The constraints the finished winner no longer meets (more training can cost what
+    the search measured at its prefix), each with its value; a warning line for each."""
+    from sweep.study.objectives import constraint_value, measures
+
+    measured, missed = measures(result), {}
+    for name, bound in constraints.items():
+        if constraint_value(bound, measured.get(name)) > 0:
+            missed[name] = measured.get(name)
+            log.warning("the winner trained on to its whole budget misses the constraint %s %s "
+                        "(%s); it met it at the search's budget: docs/search.md", name, bound,
+                        measured.get(name))
+    return missed
 
 
 def _winner_folder_and_config(best: Any, report_dir: Optional[Path], mlflow_cfg: Any):

@@ -1,9 +1,11 @@
 """The winner of a study, one definition for every reader (the leaderboard, the parent
 run, ``target=<sweep folder>``, the held-out evaluation and the registry).
 
-One objective: Optuna's ``study.best_trial``. Several: the Pareto front
+One objective: the best value (Optuna's ``study.best_trial``). Several: the Pareto front
 (``study.best_trials``), ordered by the first objective in its direction (then by trial
-number), whose first trial stands for the front where one adapter is needed.
+number), whose first trial stands for the front where one adapter is needed. Computed here
+rather than by Optuna so that only the study's own trials compete (not warm start's
+copies) and only feasible ones (``hydra.sweeper.constraints``).
 """
 
 from __future__ import annotations
