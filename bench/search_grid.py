@@ -40,8 +40,12 @@ Key = Tuple
 
 
 def configs() -> Iterator[Dict[str, Any]]:
-    for values in itertools.product(*GRID.values()):
-        yield dict(zip(GRID, values))
+    """In the order they are recorded: the standard half (a whole grid for the lora and
+    lora_priors spaces), then rsLoRA at accumulation 1 (with the standard ones at 1, the
+    scaling space), then the rest."""
+    every = [dict(zip(GRID, values)) for values in itertools.product(*GRID.values())]
+    yield from sorted(every, key=lambda c: (c["lora.scaling"] != "standard",
+                                            c["train.grad_accumulation"] != 1))
 
 
 def key(config: Dict[str, Any]) -> Key:
@@ -66,9 +70,15 @@ def record(config: Dict[str, Any], folder: Path, path: Path = RESULTS) -> Dict[s
     from sweep.training.events import Listener
     from sweep.trial import run_trial
 
+    from sweep.errors import TrialFailed, first_line
+
     seen: Dict[str, Any] = {"curve": {}, "examples": {}}
+    trained = {"iteration": 0}
 
     class Keep(Listener):
+        def on_train_report(self, r) -> None:
+            trained["iteration"] = r.iteration
+
         def on_eval_report(self, r) -> None:
             if r.step > 0 and not r.final:  # what a job reports to its trial
                 seen["curve"][r.iteration] = r.val_loss
@@ -77,10 +87,16 @@ def record(config: Dict[str, Any], folder: Path, path: Path = RESULTS) -> Dict[s
 
     started = time.perf_counter()
     cfg = compose([*FIXED, *(f"{k}={v}" for k, v in config.items())])
-    result = run_trial(cfg, folder, listeners=[Keep()])
-    row = {"config": config, **seen, "objective": result.best_val_loss,
-           "objective_se": result.best_val_loss_se, "iterations": result.train.iterations,
-           "seconds": round(time.perf_counter() - started, 1)}
+    try:
+        result = run_trial(cfg, folder, listeners=[Keep()])
+    except TrialFailed as error:  # diverged, collapsed: in a sweep, a FAIL trial
+        row = {"config": config, **seen, "failed": first_line(error),
+               "failed_at": trained["iteration"],
+               "seconds": round(time.perf_counter() - started, 1)}
+    else:
+        row = {"config": config, **seen, "objective": result.best_val_loss,
+               "objective_se": result.best_val_loss_se, "iterations": result.train.iterations,
+               "seconds": round(time.perf_counter() - started, 1)}
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
         f.write(json.dumps(row) + "\n")
@@ -105,8 +121,9 @@ def main() -> None:
             row = record(config, folder)
         finally:
             shutil.rmtree(folder, ignore_errors=True)  # its checkpoint: 75 MB
-        print(f"[{i}/{len(todo)}] {config}: {row['objective']:.4f} +- "
-              f"{row['objective_se']:.4f} ({row['seconds']:.0f} s)", flush=True)
+        value = (f"{row['objective']:.4f} +- {row['objective_se']:.4f}" if "objective" in row
+                 else f"FAIL at micro-batch {row['failed_at']}: {row['failed']}")
+        print(f"[{i}/{len(todo)}] {config}: {value} ({row['seconds']:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

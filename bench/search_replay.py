@@ -11,9 +11,11 @@ micro-batches trained until a trial comes within 1% of the whole grid's best val
 - a second study warm-started from a first (``warm_start.mode=enqueue`` of the first's 3
   best, and ``mode=copy``), against the same study started cold;
 - 30-trial sweeps with ``terminate.rule=noise``: the compute it saves, and how often it
-  stops before the grid's best + 1%.
+  stops before the grid's best + 1%;
+- with ``--ray``, Ray Tune's ASHA scheduler with its default searcher on the same grid.
 
     python -m bench.search_replay             # needs the recorded grid; no training
+    python -m bench.search_replay --ray       # and Ray Tune's ASHA (pip install 'ray[tune]')
 """
 
 from __future__ import annotations
@@ -32,10 +34,13 @@ Space = Tuple[Dict[str, List[Any]], Callable[[Dict[str, Any]], Dict[str, Any]]]
 
 
 def _lora(scalings: List[str]) -> Space:
+    """The default space on the grid; with both scalings, searched at accumulation 1 (the
+    rsLoRA half is recorded there first: bench/search_grid.py)."""
     grid = {k: v for k, v in GRID.items() if k != "lora.scaling"}
-    if len(scalings) > 1:
-        grid = {"lora.scaling": scalings, **grid}
-    return grid, lambda p: {"lora.scaling": scalings[0], **p}
+    if len(scalings) == 1:
+        return grid, lambda p: {"lora.scaling": scalings[0], **p}
+    grid = {"lora.scaling": scalings, **grid, "train.grad_accumulation": [1]}
+    return grid, dict
 
 
 def _priors() -> Space:
@@ -66,8 +71,11 @@ def curves_of(space: Space, recorded: Dict[Tuple, Dict[str, Any]]) -> Optional[D
         if row is None:
             return None
         out[values] = {"curve": {int(k): v for k, v in row["curve"].items()},
-                       "examples": {int(k): v for k, v in row["examples"].items()},
-                       "objective": row["objective"], "objective_se": row["objective_se"]}
+                       "examples": {int(k): v for k, v in row["examples"].items()}}
+        if "objective" in row:
+            out[values].update(objective=row["objective"], objective_se=row["objective_se"])
+        else:  # a FAIL trial (diverged, collapsed) at that micro-batch
+            out[values]["failed_at"] = row["failed_at"]
     return out
 
 
@@ -173,9 +181,65 @@ def terminate_rows(space: Space, recorded, target: float, seeds: int, n_trials: 
                 "without termination")]
 
 
+def asha_rows(space: Space, recorded, target: float, grid_compute: int, seeds: int) -> List[Row]:
+    """The peer most users would pick instead: Ray Tune's ASHA scheduler with its default
+    searcher (random draws of the space), one trial at a time so that "compute until the
+    grid's best + 1%" means the same as in the replays above; rungs at micro-batches 8 and
+    16 as the sweeper's pruner, reduction factor 2. A ``bench`` extra (``pip install
+    'ray[tune]'``), not a dependency of the sweeper."""
+    try:
+        import ray
+        from ray import tune
+        from ray.tune.schedulers import ASHAScheduler
+    except ImportError:
+        return [Row("Ray Tune ASHA: compute to grid best +1%", math.nan, "", "", None,
+                    "not measured: pip install 'ray[tune]'")]
+    curves = curves_of(space, recorded)
+    if curves is None:
+        return []
+    grid = space[0]
+
+    def trainable(config: Dict[str, Any]) -> None:
+        seen = curves[tuple(config[k] for k in grid)]
+        for step in (8, 16):
+            tune.report({"val_loss": seen["curve"][step], "mb": step})
+        tune.report({"val_loss": seen["objective"], "mb": ITERS})
+
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False,
+             ignore_reinit_error=True)
+    reached = []
+    try:
+        for seed in range(seeds):
+            tuner = tune.Tuner(
+                trainable, param_space={k: tune.choice(v) for k, v in grid.items()},
+                tune_config=tune.TuneConfig(
+                    metric="val_loss", mode="min", num_samples=3 * len(curves),
+                    max_concurrent_trials=1, search_alg=tune.search.BasicVariantGenerator(
+                        random_state=seed),
+                    scheduler=ASHAScheduler(time_attr="mb", max_t=ITERS, grace_period=8,
+                                            reduction_factor=2)),
+                run_config=tune.RunConfig(verbose=0))
+            # trial ids end in their creation index: with one at a time, the order they ran
+            results = sorted(tuner.fit(),
+                             key=lambda r: int(r.metrics["trial_id"].split("_")[-1]))
+            compute, hit = 0, math.inf
+            for r in results:
+                compute += r.metrics["mb"]
+                if r.metrics["mb"] == ITERS and r.metrics["val_loss"] <= target:
+                    hit = min(hit, compute)
+            reached.append(hit)
+    finally:
+        ray.shutdown()
+    share, never = _median_share(reached, grid_compute)
+    return [Row("Ray Tune ASHA (random search): compute to grid best +1%", share, "", "", None,
+                f"median over {seeds} seeds, {len(curves)} configurations"
+                + (f"; {never} seeds never reached it" if never else ""))]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--ray", action="store_true", help="also Ray Tune's ASHA (a bench extra)")
     args = parser.parse_args()
     import optuna
 
@@ -183,10 +247,10 @@ def main() -> None:
     recorded = load()
     if not recorded:
         raise SystemExit("no grid recorded: python -m bench.search_grid")
-    best = min(r["objective"] for r in recorded.values())
+    best = min(r["objective"] for r in recorded.values() if "objective" in r)
     target, grid_compute = best * 1.01, len(recorded) * ITERS
     spaces = {"lora (default space)": _lora(["standard"]), "lora_priors": _priors(),
-              "lora + scaling": _lora(GRID["lora.scaling"])}
+              "lora + scaling (accumulation 1)": _lora(GRID["lora.scaling"])}
     rows, shares = reach_rows(spaces, recorded, target, grid_compute, args.seeds)
     if "lora_priors" in shares and "lora (default space)" in shares:
         ratio = shares["lora_priors"] / shares["lora (default space)"]
@@ -195,6 +259,9 @@ def main() -> None:
     rows += warm_rows(spaces["lora (default space)"], recorded, target, grid_compute,
                       args.seeds)
     rows += terminate_rows(spaces["lora (default space)"], recorded, target, args.seeds)
+    if args.ray:
+        rows += asha_rows(spaces["lora (default space)"], recorded, target, grid_compute,
+                          args.seeds)
     rows.append(Row("grid: best val loss", best, "loss", "", None,
                     f"{len(recorded)} configurations recorded x {ITERS} micro-batches"))
     print_table(rows)

@@ -117,7 +117,8 @@ def replay(curves: Curves, grid: Dict[str, List], strategy: str, seed: int, iter
     # the sweeper's pruner, built as every job builds it
     pruning = build_pruner(*pruner) if "+pruning" in strategy else optuna.pruners.NopPruner()
     study = optuna.create_study(sampler=sampler, pruner=pruning)
-    true_best = min(curves, key=lambda k: curves[k]["objective"])
+    true_best = min((k for k in curves if "objective" in curves[k]),
+                    key=lambda k: curves[k]["objective"])
     out = {"reached": math.inf, "best": math.inf, "compute": 0, "best_pruned": 0,
            "best_proposed": 0, "stopped": None}
     taken, rng = set(), np.random.default_rng(seed)
@@ -152,7 +153,10 @@ def replay(curves: Curves, grid: Dict[str, List], strategy: str, seed: int, iter
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                 pruned = True
                 break
-        if not pruned:
+        if not pruned and seen.get("failed_at") is not None:  # diverged, collapsed: FAIL
+            out["compute"] += seen["failed_at"]
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        elif not pruned:
             out["compute"] += iters
             trial.set_user_attr("val_loss_se", seen["objective_se"])  # what a job records
             study.tell(trial, seen["objective"])

@@ -235,3 +235,26 @@ def test_the_finished_winner_answers_again_and_says_what_it_missed(tmp_path: Pat
     assert done["state"] == "done" and "val_rougeL" in done["answers"]
     assert done["missed_constraints"] == {}
     assert "val_rougeL" in done["search"] and "trained on to the whole budget" in again.stdout
+
+
+def test_lora_priors_searches_its_own_space_in_a_study_of_its_own(tmp_path: Path) -> None:
+    """hparams_search=lora_priors (no study_name given: the file's own default)."""
+    stores = harness.stores(tmp_path)
+    cmd = harness.zero_cost([*harness.SWEEP, "-m", "model=tiny", "hparams_search=lora_priors",
+                             "hydra.sweeper.n_trials=4",
+                             f"hydra.sweeper.storage={stores.study_url}",
+                             f"mlflow.tracking_uri={stores.mlflow_uri}",
+                             f"hydra.sweep.dir={stores.sweep_dir}"])
+    out = harness.run(cmd)
+    assert out.returncode == 0, out.stderr[-3000:]
+    import optuna
+
+    (name,) = optuna.get_all_study_names(stores.study_url)
+    assert name.startswith("lora_priors_tiny_")
+    for t in optuna.load_study(study_name=name, storage=stores.study_url).trials:
+        assert t.params["lora.rank"] in (8, 16, 32) and t.params["lora.alpha/lora.rank"] in (1, 2)
+        assert 2e-4 <= t.params["optimizer.lr"] <= 2e-3
+        assert t.params["train.grad_accumulation"] in (1, 2)
+        assert t.user_attrs["derived"]["lora.alpha"] == \
+            t.params["lora.alpha/lora.rank"] * t.params["lora.rank"]
+        assert "train.stop_after_epochs=0.17" in t.user_attrs["overrides"]

@@ -39,16 +39,18 @@ from sweep.study.locks import study_lock
 from sweep.study.objectives import direction, parse_constraint
 from sweep.study.link import GRACE_ATTR, HEARTBEAT_ATTR, PRUNER_ATTR, build_pruner
 
-from sweep.study.trials import (EXIT_CODE_ATTR, frozen_trial, owner_died, ran, retry_stopped,
+from sweep.study.trials import (frozen_trial, owner_died, ran, retry_stopped,
                                 tell_fail)
 
 from hydra_plugins.sweep_optuna._proposals import (Proposer, QuotaReached, SpaceExhausted,
-                                                   SweepAborted, build_sampler, hydra_value,
-                                                   load_custom)
+                                                   SweepAborted, build_sampler, hydra_value)
+from hydra_plugins.sweep_optuna._custom_space import load_custom
 from hydra_plugins.sweep_optuna._search_space import (SearchSpace, SearchSpaceError,
-                                                      check_budget_fits, check_space_fits,
                                                       parse_search_space, resolve_bases)
-from hydra_plugins.sweep_optuna._terminate import TERMINATED_ATTR, check_terminate, why_stop
+from hydra_plugins.sweep_optuna._checks import (check_budget_fits, check_failure_rate,
+                                                check_space_fits, refuse_secrets)
+from hydra_plugins.sweep_optuna._terminate import check_terminate, terminated
+from hydra_plugins.sweep_optuna._warm_start import start as warm_start
 from hydra_plugins.sweep_optuna._storage import (fail_stale, lost_message, open_storage,
                                                  storage_lost)
 
@@ -138,29 +140,6 @@ class SweeperImpl:
         study.set_user_attr(GRACE_ATTR, int(s["grace_period"]))
         return study
 
-    def terminated(self, study: optuna.Study) -> bool:
-        """Whether ``hydra.sweeper.terminate`` ends the sweep now; says why (the log, the
-        study's user attr ``terminated``, the parent run's tag)."""
-        why = why_stop(study, self.settings, self._objectives()[0])
-        if why is None:
-            return False
-        log.info("Stopping before hydra.sweeper.n_trials=%s: %s", self.settings["n_trials"], why)
-        study.set_user_attr(TERMINATED_ATTR, why)
-        return True
-
-    def warm_start(self, study: optuna.Study, space: SearchSpace) -> None:
-        """Record what the trials' values mean (a later study's warm start compares it),
-        then start from ``hydra.sweeper.warm_start`` (``_warm_start``) if it is set."""
-        from hydra_plugins.sweep_optuna._warm_start import (SETTINGS_ATTR, objective_settings,
-                                                            warm_start)
-
-        here = objective_settings(self.config, space, self._objectives())
-        if study.user_attrs.get(SETTINGS_ATTR) != here:
-            study.set_user_attr(SETTINGS_ATTR, here)
-        said = warm_start(study, self.storage, space, self.settings, here)
-        if said:
-            log.info("%s", said)
-
     def fail_dead_trials(self, study: optuna.Study) -> List[int]:
         """RUNNING trials of dead processes on this host -> FAIL (and their MLflow runs);
         stopped trials with a checkpoint -> a retry that resumes from it."""
@@ -233,47 +212,6 @@ class SweeperImpl:
                  f": {reason}" if reason else "", done, int(self.settings["n_trials"]))
 
     # -- the loop ----------------------------------------------------------------
-    def check_failure_rate(self, study: optuna.Study) -> None:
-        """Stop when too many of the trials this command started failed, or when it has
-        seen as many failures as it was asked for trials (with max_failure_rate=1.0 a
-        failure that every trial meets would otherwise never end). Earlier runs'
-        failures do not count: after a mistake is fixed (a typo in a searched key, a
-        missing data file), the same command goes on with the study."""
-        trials = [t for t in study.get_trials(deepcopy=False, states=FINISHED + (TrialState.FAIL,))
-                  if t.number >= self._first_trial and ran(t)]
-        failed = [t for t in trials if t.state == TrialState.FAIL]
-        rate, limit = len(failed) / max(len(trials), 1), float(self.settings["max_failure_rate"])
-        enough = len(trials) >= int(self.settings["min_trials_for_failure_rate"])
-        cap = max(int(self.settings["n_trials"]), int(self.settings["min_trials_for_failure_rate"]))
-        if not failed or not ((enough and rate > limit) or len(failed) >= cap):
-            return
-        reason = failed[-1].user_attrs.get("fail_reason", "no reason recorded")
-        why = (f"{rate:.0%} > hydra.sweeper.max_failure_rate={limit:.0%}" if rate > limit
-               else f"as many failures as hydra.sweeper.n_trials={self.settings['n_trials']}")
-        # 2 when every failure was bad input (a missing data file), else 3 (sweep.errors)
-        bad_input = all(t.user_attrs.get(EXIT_CODE_ATTR) == 2 for t in failed)
-        raise SweepAborted(
-            f"{len(failed)} of the {len(trials)} trials this run finished failed ({why}); "
-            f"the last: {reason}. Fix the cause and run the same command again: the study "
-            "goes on, and only the new run's trials count towards the rate",
-            exit_code=2 if bad_input else 3)
-
-    def refuse_secrets(self) -> None:
-        """No password in the storage URL or the task's config (``sweep.secrets``):
-        before multirun.yaml, the jobs' overrides and their runs would copy it."""
-        from sweep.secrets import SecretInConfig, refuse_in_values, walk
-
-        try:
-            refuse_in_values([("hydra.sweeper.storage", self.settings["storage"])])
-            for key in self.config:
-                if key != "hydra":
-                    node = self.config[key]
-                    if isinstance(node, (DictConfig, ListConfig)):
-                        node = OmegaConf.to_container(node, resolve=True)
-                    refuse_in_values(walk(node, f"{key}."))
-        except SecretInConfig as error:
-            raise SweepAborted(str(error)) from None
-
     def _start_workers(self) -> List[subprocess.Popen]:
         n = int(self.settings["n_workers"])
         if n <= 1 or os.environ.get(WORKER_ENV):
@@ -303,7 +241,7 @@ class SweeperImpl:
                 parse_constraint(name, bound)
             except ValueError as error:
                 raise SweepAborted(f"hydra.sweeper.constraints.{error}") from None
-        self.refuse_secrets()
+        refuse_secrets(self.settings, self.config)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
@@ -316,7 +254,7 @@ class SweeperImpl:
         except SearchSpaceError as error:
             raise SweepAborted(str(error)) from None
         self.fail_dead_trials(study)
-        self.warm_start(study, space)
+        warm_start(study, self.storage, space, self.settings, self.config)
         self._first_trial = len(study.get_trials(deepcopy=False))  # this run's trials start here
         report = StudyReport(study, self.config, self.settings, space)
         parent = report.open_parent_run(created=self.created_study)
@@ -333,8 +271,8 @@ class SweeperImpl:
                         break
                     time.sleep(WAIT_POLL)  # others' trials (workers, other machines): if
                     continue               # one fails, this process runs another
-                self.check_failure_rate(study)
-                if self.terminated(study):
+                check_failure_rate(study, self.settings, self._first_trial)
+                if terminated(study, self.settings, self._objectives()[0]):
                     break
                 point("between_trials")
                 try:

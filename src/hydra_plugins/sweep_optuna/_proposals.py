@@ -28,12 +28,14 @@ from sweep.study._compat import draw_unrecorded, enqueued_params, suggesting
 from sweep.study.trials import (COPIED_ATTR, TAKEN, frozen_trial, owner_died, ran, retried,
                                 tell_fail, tell_not_run)
 
+from hydra_plugins.sweep_optuna._custom_space import custom_overrides
+from hydra_plugins.sweep_optuna._errors import SweepAborted
 from hydra_plugins.sweep_optuna._search_space import SearchSpace, grid_values, hydra_value
 
 __all__ = ["SweepAborted", "SpaceExhausted", "QuotaReached", "Proposer", "build_sampler",
            "trial_seed", "suggest", "config_key", "finite_points", "hydra_value", "MAX_DRAWS",
            "MAX_POINTS", "EARLIER_TRIALS_WAIT", "PROPOSAL_ATTR", "DERIVED_ATTR",
-           "custom_overrides", "load_custom"]
+           "custom_overrides"]
 
 log = logging.getLogger("sweep.sweeper")
 
@@ -43,15 +45,6 @@ EARLIER_TRIALS_WAIT = 30.0  # seconds a trial waits for the params of the trials
 WAIT_FIRST, WAIT_MOST = 0.05, 0.5  # seconds between its looks: the first, the longest
 PROPOSAL_ATTR = "proposal_seconds"  # user attr: {"ask": study.ask(), "total": to params}
 DERIVED_ATTR = "derived"  # user attr: {key: value} of the ratio() keys
-
-
-class SweepAborted(RuntimeError):
-    """The sweep stopped on purpose (too many failures, a bad search space); the command
-    exits with ``exit_code`` (:mod:`sweep.errors`: 2 bad input, 3 failed trials)."""
-
-    def __init__(self, message: str, exit_code: int = 2):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 class SpaceExhausted(Exception):
@@ -147,55 +140,6 @@ def finite_points(distributions: Mapping[str, BaseDistribution]) -> Optional[Lis
             math.prod(len(v) for v in values.values()) > MAX_POINTS:
         return None
     return [dict(zip(values, combo)) for combo in itertools.product(*values.values())]
-
-
-def load_custom(name: Optional[str], config: Any):
-    """``hydra.sweeper.custom_search_space``: a function ``(cfg, trial)`` called after the
-    params are suggested (as in Hydra's stock Optuna sweeper); it may suggest more and
-    return a mapping of overrides. None when not set."""
-    if not name:
-        return None
-    from hydra.utils import get_method
-
-    from sweep.errors import first_line
-
-    try:
-        function = get_method(str(name))
-    except Exception as error:
-        raise SweepAborted(f"hydra.sweeper.custom_search_space={name}: not a function that "
-                           f"can be imported ({first_line(error)})") from None
-
-    def custom(trial: optuna.trial.Trial) -> Any:
-        return function(config, trial)
-
-    custom.name = str(name)
-    return custom
-
-
-def custom_overrides(space: SearchSpace, trial: optuna.trial.Trial) -> Dict[str, Any]:
-    """What ``hydra.sweeper.custom_search_space`` adds to a trial: the params it suggests
-    are the trial's own; the mapping it returns (conditional or derived values) becomes
-    overrides."""
-    if space.custom is None:
-        return {}
-    name = getattr(space.custom, "name", "hydra.sweeper.custom_search_space")
-    try:
-        extra = space.custom(trial)
-    except (optuna.TrialPruned, SweepAborted):
-        raise
-    except Exception as error:
-        raise SweepAborted(f"hydra.sweeper.custom_search_space={name} raised "
-                           f"{type(error).__name__}: {error}") from None
-    if extra is None:
-        return {}
-    if not isinstance(extra, Mapping):
-        raise SweepAborted(f"hydra.sweeper.custom_search_space={name} returned "
-                           f"{type(extra).__name__}: a mapping of key -> value, or None")
-    clash = sorted(set(extra) & (set(trial.params) | set(space.derived_keys())))
-    if clash:
-        raise SweepAborted(f"hydra.sweeper.custom_search_space={name} returned {clash}, "
-                           "already searched: return only keys the space does not set")
-    return dict(extra)
 
 
 class Proposer:

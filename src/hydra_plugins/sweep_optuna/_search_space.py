@@ -18,20 +18,16 @@ import math
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import (ChoiceSweep, IntervalSweep, Override,
                                               QuotedString, RangeSweep)
-from optuna.trial import TrialState
 from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
                                   IntDistribution)
 
-if TYPE_CHECKING:
-    import optuna
-
 __all__ = ["SearchSpaceError", "SearchSpace", "parse_search_space", "to_distribution",
-           "check_space_fits", "check_budget_fits", "BUDGET_KEYS", "grid_values",
+           "grid_values",
            "ratio_param", "resolve_bases", "hydra_value"]
 
 
@@ -274,51 +270,3 @@ def grid_values(space: SearchSpace) -> Dict[str, List[Any]]:
             raise SearchSpaceError(f"{key}: the grid sampler needs choice() or range(), "
                                    "not a continuous interval")
     return grid
-
-
-# the keys that set how much a trial trains: trials of one study must share them
-BUDGET_KEYS = ("train.epochs", "train.iters", "train.stop_after_epochs", "train.batch_size")
-
-
-def check_space_fits(study: "optuna.Study", space: SearchSpace) -> None:
-    """A study keeps one choice list per parameter (Optuna refuses another one
-    mid-study); say so before any trial, naming both."""
-    from optuna.distributions import check_distribution_compatibility
-
-    seen: Dict[str, Any] = {}
-    for t in study.get_trials(deepcopy=False):
-        for name, old in t.distributions.items():
-            seen.setdefault(name, old)
-    for name, new in space.distributions.items():
-        if name in seen:
-            try:
-                check_distribution_compatibility(seen[name], new)
-            except ValueError:
-                raise SearchSpaceError(
-                    f"hydra.sweeper.params: {name} is {new} here, but study "
-                    f"'{study.study_name}' searched it as {seen[name]}; Optuna keeps one "
-                    "choice list per parameter in a study: name a new "
-                    "hydra.sweeper.study_name") from None
-
-
-def check_budget_fits(study: "optuna.Study", space: SearchSpace) -> None:
-    """A study's trials compare only at one budget: refuse, before any trial, a
-    command whose fixed budget differs from the one its finished trials trained at
-    (an older study resumed after the default budget changed, say)."""
-    def budget(overrides) -> Dict[str, str]:
-        pairs = (o.split("=", 1) for o in overrides if "=" in o)
-        return {k.lstrip("+~"): v for k, v in pairs
-                if k.lstrip("+~") in BUDGET_KEYS and k.lstrip("+~") not in space.distributions}
-
-    here = budget(space.fixed)
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-        if "overrides" not in t.user_attrs:
-            continue
-        theirs = budget(t.user_attrs["overrides"])
-        if theirs != here:
-            shown = lambda b: " ".join(f"{k}={b[k]}" for k in sorted(b)) or "(none fixed)"
-            raise SearchSpaceError(
-                f"study '{study.study_name}' trained its trials with {shown(theirs)}, this "
-                f"command with {shown(here)}: their values would not compare. Give the "
-                "same budget, or name a new hydra.sweeper.study_name")
-        return  # every trial of a study got the same fixed overrides: one is enough

@@ -21,6 +21,7 @@ evidence for the sampler, not trials of this sweep).
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from typing import Any, List, Mapping, Optional
@@ -33,7 +34,9 @@ from sweep.study.trials import ran
 
 from hydra_plugins.sweep_optuna._proposals import SweepAborted
 
-__all__ = ["RULES", "TERMINATED_ATTR", "check_terminate", "why_stop"]
+__all__ = ["RULES", "TERMINATED_ATTR", "check_terminate", "why_stop", "terminated"]
+
+log = logging.getLogger("sweep.sweeper")
 
 RULES = ("none", "noise", "regret_bound", "emmr")
 TERMINATED_ATTR = "terminated"  # study user attr: why the sweep stopped early
@@ -83,6 +86,17 @@ def why_stop(study: optuna.Study, settings: Mapping[str, Any], objective: str) -
     if rule == "noise":
         return _noise(own, sign, objective, int(t.get("patience", 8)), float(t.get("z", 1.0)))
     return _optuna_terminator(study, rule, objective, t, trials)
+
+
+def terminated(study: optuna.Study, settings: Mapping[str, Any], objective: str) -> bool:
+    """Whether the sweep ends now; says why (the log, the study's user attr
+    ``terminated``, which the report and the parent run's tag repeat)."""
+    why = why_stop(study, settings, objective)
+    if why is None:
+        return False
+    log.info("Stopping before hydra.sweeper.n_trials=%s: %s", settings["n_trials"], why)
+    study.set_user_attr(TERMINATED_ATTR, why)
+    return True
 
 
 def _noise(own: List[FrozenTrial], sign: float, objective: str, patience: int,

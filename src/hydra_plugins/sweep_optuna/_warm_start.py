@@ -39,7 +39,7 @@ from hydra_plugins.sweep_optuna._proposals import SweepAborted, config_key
 from hydra_plugins.sweep_optuna._search_space import SearchSpace
 
 __all__ = ["OBJECTIVE_KEYS", "SETTINGS_ATTR", "WARM_START_ATTR", "objective_settings",
-           "to_params", "warm_start"]
+           "to_params", "warm_start", "start"]
 
 log = logging.getLogger("sweep.sweeper")
 
@@ -191,6 +191,18 @@ def _check_copyable(earlier: optuna.Study, here: Dict[str, Any], name: str) -> N
                 f"hydra.sweeper.warm_start.mode=copy: {name} measured its trials with {key}="
                 f"{theirs.get(key)!r}, this sweep with {here.get(key)!r}: their values would "
                 "not compare; use mode=enqueue or the same settings")
+
+
+def start(study: optuna.Study, storage: optuna.storages.BaseStorage, space: SearchSpace,
+          settings: Mapping[str, Any], config: DictConfig) -> None:
+    """Record what the study's values mean (a later study's warm start compares it), then
+    start it from ``hydra.sweeper.warm_start`` if that is set, saying what was added."""
+    here = objective_settings(config, space, list(settings["objectives"]))
+    if study.user_attrs.get(SETTINGS_ATTR) != here:
+        study.set_user_attr(SETTINGS_ATTR, here)
+    said = warm_start(study, storage, space, settings, here)
+    if said:
+        log.info("%s", said)
 
 
 def warm_start(study: optuna.Study, storage: optuna.storages.BaseStorage, space: SearchSpace,
