@@ -62,7 +62,7 @@ def leaderboard(study: optuna.Study) -> List[Dict[str, Any]]:
             row[name] = t.values[i] if t.values and len(t.values) > i else None
         row["val_loss_se"] = t.user_attrs.get("val_loss_se")  # of the whole-split value
         for name in [o for o in objectives if o in ANSWER_METRICS] + answers:
-            row[name] = t.user_attrs.get(name) if name not in row else row[name]
+            row.setdefault(name, t.user_attrs.get(name))  # an objective's is its value
             row[f"{name}_se"] = t.user_attrs.get(f"{name}_se")
         if constrained:
             row["feasible"] = (feasible(t) if t.constraints else None)

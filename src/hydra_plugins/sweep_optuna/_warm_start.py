@@ -54,8 +54,11 @@ SETTINGS_ATTR = "objective_settings"  # study user attr: {key: value}
 WARM_START_ATTR = "warm_start"  # study user attr: what the study was started from
 
 
+_PARSER = OverridesParser.create()
+
+
 def _parsed(line: str) -> Tuple[str, Any]:
-    override = OverridesParser.create().parse_overrides([line])[0]
+    override = _PARSER.parse_overrides([line])[0]
     return override.get_key_element().lstrip("+~"), override.value()
 
 
@@ -82,7 +85,7 @@ def objective_settings(config: DictConfig, space: SearchSpace,
 
 def _clip(key: str, value: Any, d: BaseDistribution, notes: List[str]) -> Optional[Any]:
     if isinstance(d, CategoricalDistribution):
-        if any(value == c and type(value) is type(c) for c in d.choices) or value in d.choices:
+        if value in d.choices:
             return next(c for c in d.choices if c == value)
         notes.append(f"{key}={value!r} is not among {list(d.choices)}: left to the sampler")
         return None

@@ -39,23 +39,31 @@ def direction(name: str) -> str:
     return DIRECTIONS[name]
 
 
-def parse_constraint(name: str, text: Any) -> Tuple[str, float]:
-    """``(">=", 0.5)`` from ``">= 0.5"``; a ValueError naming the measure otherwise."""
-    direction(name)
+def _bound(text: Any) -> Tuple[str, float]:
+    """``(">=", 0.5)`` from ``">= 0.5"``, or ValueError."""
     found = _CONSTRAINT.match(str(text))
     try:
         bound = float(found.group(2)) if found else math.nan
     except ValueError:
         bound = math.nan
     if not found or not math.isfinite(bound):
-        raise ValueError(f"{name}: {text!r} is not a bound; write '>= 0.5' or '<= 600'")
+        raise ValueError(f"{text!r} is not a bound; write '>= 0.5' or '<= 600'")
     return found.group(1), bound
+
+
+def parse_constraint(name: str, text: Any) -> Tuple[str, float]:
+    """``(">=", 0.5)`` from ``">= 0.5"``; a ValueError naming the measure otherwise."""
+    direction(name)
+    try:
+        return _bound(text)
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from None
 
 
 def constraint_value(text: Any, value: float) -> float:
     """Optuna's constraint value (feasible when <= 0) for ``value`` against ``text``. An
     undefined value (NaN: no answer cited anything, say) does not satisfy a bound."""
-    op, bound = parse_constraint("val_loss", text)  # the measure's name is checked apart
+    op, bound = _bound(text)
     if value is None or not math.isfinite(value):
         return max(abs(bound), 1.0)
     return bound - value if op == ">=" else value - bound
