@@ -6,13 +6,28 @@ many workers."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import Optional
+from typing import Any, Optional
 
-from sweep.config.checks import require as _require
+from sweep.config.checks import ConfigError, require as _require
 
-__all__ = ["EvalConfig", "ExportConfig", "ChatConfig", "RegistryConfig", "StatusFormat",
+# export.gguf_type: the GGUF types sweep-export writes, with their bits per weight
+GGUF_TYPES = {"f32": 32, "f16": 16, "bf16": 16, "q8_0": 8, "q5_1": 5, "q5_0": 5, "q4_1": 4,
+              "q4_0": 4}
+# written only by llama.cpp's llama-quantize
+K_QUANTS = ("q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m",
+            "q6_k")
+
+
+def k_quant_hint(gguf_type: str) -> str:
+    return (f"export.gguf_type={gguf_type}: K-quants are written by llama.cpp's llama-quantize, "
+            f"not by the gguf package; export f16 and run: llama-quantize model-f16.gguf "
+            f"model-{gguf_type}.gguf {gguf_type.upper()}")
+
+
+__all__ = ["GGUF_TYPES", "K_QUANTS", "k_quant_hint", "EvalConfig",
+           "ExportConfig", "ChatConfig", "RegistryConfig", "StatusFormat",
            "StatusConfig", "ProxyConfig"]
 
 
@@ -45,21 +60,53 @@ class EvalConfig:
 
 @dataclass
 class ExportConfig:
-    """``sweep-export target=... output=DIR``: a fused mlx-lm model folder and a GGUF file."""
+    """``sweep-export target=... output=DIR``: a fused mlx-lm model folder and GGUF files,
+    each loaded back and checked against the float model (docs/shipping.md)."""
 
-    gguf: bool = True  # also write <output>/model.gguf where mlx-lm supports the architecture
+    gguf: bool = True  # also write GGUF files where mlx-lm supports the architecture
+    # one name or a list: f32, f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0 (model-<type>.gguf each)
+    gguf_type: Any = field(default_factory=lambda: ["q8_0"])
+    # the fused MLX folder: null keeps the model's dtype; mlx_bits quantizes it with mlx-lm
+    mlx_dtype: Optional[str] = None  # float32 | float16 | bfloat16
+    mlx_bits: Optional[int] = None  # 2, 3, 4, 5, 6, 8 (mlx-lm's affine quantization)
+    mlx_group_size: int = 64
     # on a quantized base: false keeps the fused folder quantized (mlx-lm re-quantizes
-    # W + scale * B A with the base's bits); true writes float weights. The GGUF is always
-    # written from float weights (mlx-lm's GGUF writer takes no quantized tensors).
+    # W + scale * B A with the base's bits); true writes float weights. GGUF files are
+    # always written from float weights.
     dequantize: bool = False
-    check_prompts: int = 3  # test questions whose greedy answers the read-back GGUF must match
+    check_prompts: int = 3  # test questions each format answers greedily (agreement)
     check_tokens: int = 48  # tokens per checked answer
+    check_examples: Optional[int] = None  # test examples each format is scored on; null = all
+    # the most a format's test perplexity may rise above the float model's (a fraction);
+    # null: 0.10 for 8 bits per weight or more, 0.25 below
+    max_ppl_increase: Optional[float] = None
     overwrite: bool = False  # replace an existing export in output=
 
     def __post_init__(self) -> None:
+        if isinstance(self.gguf_type, str):
+            self.gguf_type = [self.gguf_type]
+        types = [str(t).lower() for t in (self.gguf_type or [])]
+        for name in types:
+            if name in K_QUANTS:
+                raise ConfigError(k_quant_hint(name))
+            _require(name in GGUF_TYPES, "export.gguf_type",
+                     f"must be among {', '.join(GGUF_TYPES)}", name)
+        _require(len(set(types)) == len(types), "export.gguf_type", "lists a type twice", types)
+        self.gguf_type = types
+        _require(self.mlx_dtype in (None, "float32", "float16", "bfloat16"), "export.mlx_dtype",
+                 "must be null, float32, float16 or bfloat16", self.mlx_dtype)
+        _require(self.mlx_bits in (None, 2, 3, 4, 5, 6, 8), "export.mlx_bits",
+                 "must be null or one of 2, 3, 4, 5, 6, 8", self.mlx_bits)
+        _require(self.mlx_group_size in (32, 64, 128), "export.mlx_group_size",
+                 "must be 32, 64 or 128", self.mlx_group_size)
         _require(self.check_prompts >= 0, "export.check_prompts", "must be >= 0 (0 = no check)",
                  self.check_prompts)
         _require(self.check_tokens > 0, "export.check_tokens", "must be > 0", self.check_tokens)
+        _require(self.check_examples is None or self.check_examples >= 0,
+                 "export.check_examples", "must be null (the whole test split) or >= 0",
+                 self.check_examples)
+        _require(self.max_ppl_increase is None or self.max_ppl_increase >= 0,
+                 "export.max_ppl_increase", "must be null or >= 0", self.max_ppl_increase)
 
 
 @dataclass

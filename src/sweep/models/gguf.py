@@ -24,7 +24,8 @@ from typing import Any, Dict, Tuple
 
 import mlx.core as mx
 
-__all__ = ["import_gguf", "build_tokenizer_files", "write_model_dir", "GGUF_GROUP_SIZE"]
+__all__ = ["import_gguf", "read_gguf", "build_tokenizer_files", "write_model_dir",
+           "GGUF_GROUP_SIZE"]
 
 GGUF_GROUP_SIZE = 32
 IMPORTER_VERSION = 1
@@ -182,6 +183,37 @@ def _model_config(meta: Dict[str, Any], has_lm_head: bool) -> Dict[str, Any]:
     return config
 
 
+# the tensor types MLX's own GGUF loader reads exactly (BF16 it reads as float16)
+_MLX_TYPES = {"F32", "F16", "Q4_0", "Q4_1", "Q8_0"}
+
+
+def read_gguf(path: Path) -> Tuple[Dict[str, mx.array], Dict[str, Any]]:
+    """A GGUF file's tensors and metadata as ``mx.load(..., return_metadata=True)`` gives
+    them. Files with other tensor types (BF16, Q5_0, Q5_1, the K-quants) are read with
+    llama.cpp's ``gguf`` package and dequantized to float32 (numpy), metadata converted to
+    the same shapes (numbers as arrays, strings and string lists as they are)."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    if {t.tensor_type.name for t in reader.tensors} <= _MLX_TYPES:
+        return mx.load(str(path), return_metadata=True)
+    from gguf.quants import dequantize
+
+    tensors = {t.name: mx.array(dequantize(t.data, t.tensor_type).astype("float32"))
+               for t in reader.tensors}
+    meta: Dict[str, Any] = {}
+    for field in reader.fields.values():
+        if field.name.startswith("GGUF."):
+            continue
+        value = field.contents()
+        if isinstance(value, list) and value and not isinstance(value[0], str):
+            value = mx.array(value)
+        elif isinstance(value, (bool, int, float)):
+            value = mx.array(value)
+        meta[field.name] = value
+    return tensors, meta
+
+
 def import_gguf(gguf_path: Path, out_dir: Path, *, quantized: bool) -> Path:
     """Write an mlx-lm model folder for ``gguf_path`` into ``out_dir`` (atomically).
 
@@ -191,7 +223,7 @@ def import_gguf(gguf_path: Path, out_dir: Path, *, quantized: bool) -> Path:
     gguf_path = Path(gguf_path)
     if not gguf_path.is_file():
         raise FileNotFoundError(f"GGUF file not found: {gguf_path}")
-    tensors, meta = mx.load(str(gguf_path), return_metadata=True)
+    tensors, meta = read_gguf(gguf_path)
     config = _model_config(meta, has_lm_head="output.weight" in tensors)
     weights, per_module = _convert_weights(
         tensors, config["num_attention_heads"], config["num_key_value_heads"], quantized

@@ -1,19 +1,26 @@
-"""``sweep-export``: an adapter fused into a standalone mlx-lm model, and a GGUF file
-checked by reading it back.
+"""``sweep-export``: an adapter fused into a standalone mlx-lm model, and GGUF files in the
+types asked for, every one loaded back and checked.
 
 1. The base model and the adapter are loaded as for evaluation; every LoRA layer is
-   replaced by mlx-lm's own ``fuse`` of it (``W + scale * B A``), and the model is written
-   with mlx-lm's ``save`` (safetensors, config.json, tokenizer, model card).
-   On a quantized base, mlx-lm re-quantizes the fused layers with the base's bits
-   (``export.dequantize=false``, its default) or writes float weights (``true``).
-2. The saved folder is loaded again with ``mlx_lm.load``; its greedy answers to
-   ``export.check_prompts`` test questions are the reference.
-3. For Llama-family models a GGUF is written from the folder's float weights
-   (:mod:`sweep.models.gguf_export`), imported back with this project's own GGUF importer
-   (:mod:`sweep.models.gguf`), and must give the same weights and the same answers;
-   otherwise the export fails and nothing is written to ``output=``.
-4. ``Modelfile`` (Ollama, :mod:`sweep.shipping.modelfile`) and ``sweep_export.json`` (what was exported, from what, and the
-   check) are written beside it. Everything is built in a staging folder and renamed
+   replaced by mlx-lm's own ``fuse`` of it (``W + scale * B A``). This float model is the
+   reference: its greedy answers to ``export.check_prompts`` test questions and its
+   perplexity on the test split (``export.check_examples``).
+2. For Llama-family models a float32 GGUF is written from its weights
+   (:mod:`sweep.models.gguf_export`) and rewritten in each ``export.gguf_type``
+   (:mod:`sweep.models.gguf_quantize`, llama.cpp's ``gguf`` package) as
+   ``model-<type>.gguf``.
+3. The MLX folder is written with mlx-lm's ``save`` (safetensors, config.json, tokenizer),
+   cast to ``export.mlx_dtype`` or quantized by mlx-lm to ``export.mlx_bits``. On a quantized
+   base, mlx-lm re-quantizes the fused layers with the base's bits unless
+   ``export.dequantize=true``.
+4. Every file is loaded back (the GGUFs with this project's importer,
+   :mod:`sweep.models.gguf`) and measured as the reference was
+   (:mod:`sweep.shipping.export_check`): a float32 GGUF must give the very same weights and
+   answers, any format must stay within ``export.max_ppl_increase`` of the reference's
+   perplexity; otherwise the export fails and nothing is written to ``output=``.
+5. ``Modelfile`` (Ollama, :mod:`sweep.shipping.modelfile`, from the first GGUF type) and
+   ``sweep_export.json`` (what was exported, from what, each format's size, agreement and
+   perplexity) are written beside them. Everything is built in a staging folder and renamed
    into ``output=`` at the end.
 """
 
@@ -35,7 +42,6 @@ from sweep.errors import InputError
 __all__ = ["Exported", "export_target", "prepare_output", "summary"]
 
 log = logging.getLogger("sweep.export")
-GGUF_NAME = "model.gguf"
 
 
 @dataclass
@@ -43,11 +49,13 @@ class Exported:
     output: Path
     description: str
     quantized: bool  # the fused mlx-lm folder keeps quantized layers
-    gguf: Optional[Path] = None
+    ggufs: List[Path] = field(default_factory=list)
     gguf_note: str = ""  # why there is no GGUF, when there is none
     prompts: List[str] = field(default_factory=list)
-    answers: Dict[str, List[str]] = field(default_factory=dict)  # model -> answers
-    max_weight_difference: Optional[float] = None  # GGUF read back vs the fused weights
+    answers: Dict[str, List[str]] = field(default_factory=dict)  # adapter, float
+    reference_ppl: Optional[float] = None  # the float fused model's test perplexity
+    test_examples: int = 0
+    formats: List[Any] = field(default_factory=list)  # export_check.Format, in writing order
     seconds: float = 0.0
 
 
@@ -103,30 +111,49 @@ def _model_config(base_path: str, quantized: bool, typed) -> Dict[str, Any]:
     return config
 
 
-def _answers(model, tokenizer, prompts, max_tokens: int) -> List[str]:
-    from sweep.evaluation.answers import generate_answers
-
-    return generate_answers(model, tokenizer, prompts, max_tokens, len(prompts)).texts
-
-
-def _check_questions(typed, tokenizer) -> List[Any]:
+def _check_data(typed, tokenizer):
+    """The check questions and the scored test set (None when not scored)."""
+    from sweep.data.batches import tokenize
     from sweep.data.records import load_splits
     from sweep.evaluation.answers import questions
 
-    if typed.export.check_prompts == 0:
-        return []
+    if typed.export.check_prompts == 0 and typed.export.check_examples == 0:
+        return [], None
     splits = load_splits(typed.data, typed.seed)
-    examples = (splits.test or splits.valid)[:typed.export.check_prompts]
-    return questions(examples, tokenizer)
+    examples = splits.test or splits.valid
+    qs = questions(examples[:typed.export.check_prompts], tokenizer)
+    scored = examples if typed.export.check_examples is None \
+        else examples[:typed.export.check_examples]
+    test_set = tokenize(scored, tokenizer, typed.data.mask_prompt) if scored else None
+    return qs, test_set
+
+
+def _gguf_wanted(typed, model_type: Optional[str], overrides: Sequence[str]) -> str:
+    """Why no GGUF is written ("" when GGUFs are written); a type asked for on the command
+    line for an architecture without a GGUF writer is an error."""
+    from sweep.models.gguf_export import GGUF_MODEL_TYPES
+
+    if not typed.export.gguf or not typed.export.gguf_type:
+        return "not asked for (export.gguf=false)"
+    if model_type in GGUF_MODEL_TYPES:
+        return ""
+    why = (f"mlx-lm writes GGUF for {', '.join(GGUF_MODEL_TYPES)} only, not '{model_type}'; "
+           "llama.cpp's convert_hf_to_gguf.py converts the fused folder")
+    if any(o.lstrip("+").split("=")[0] == "export.gguf_type" for o in overrides):
+        raise InputError(f"export.gguf_type={','.join(typed.export.gguf_type)}: {why} "
+                         "(export.gguf=false exports the MLX folder only)")
+    return why
 
 
 def export_target(cfg: DictConfig, overrides: Sequence[str] = ()) -> Exported:
     """Resolve ``cfg.target`` and export it to ``cfg.output`` (see the module docstring)."""
-    import mlx_lm
+    from mlx_lm.utils import dequantize_model, load_config
 
     from sweep.config import to_typed
     from sweep.evaluation.heldout import trial_config
     from sweep.models.loader import _is_quantized, clear_cache, load_base
+    from sweep.shipping.export_check import measure
+    from sweep.shipping.export_formats import check_mlx, save_mlx, write_ggufs
     from sweep.shipping.modelfile import write_modelfile
     from sweep.targets import resolve_target
     from sweep.training.lora import load_adapter
@@ -140,32 +167,37 @@ def export_target(cfg: DictConfig, overrides: Sequence[str] = ()) -> Exported:
     try:
         loaded = load_base(typed.model, typed.cache_dir, typed.seed)
         base_path = loaded.path
+        no_gguf = _gguf_wanted(typed, load_config(Path(base_path)).get("model_type"), overrides)
         model, tokenizer = loaded.model, loaded.tokenizer
         load_adapter(model, target.adapter_dir, typed.model.name)
-        qs = _check_questions(typed, tokenizer)
+        qs, test_set = _check_data(typed, tokenizer)
         prompts = [q.prompt for q in qs]
-        result = Exported(out, target.description, quantized=False,
+        result = Exported(out, target.description, quantized=False, gguf_note=no_gguf,
                           prompts=[q.question for q in qs])
         if prompts:
-            result.answers["adapter"] = _answers(model, tokenizer, prompts,
-                                                 typed.export.check_tokens)
+            result.answers["adapter"] = measure(model, tokenizer, prompts, None, typed).answers
         log.info("fusing the adapter of %s into %s", target.description, typed.model.name)
-        _fuse(model, typed.export.dequantize)
+        bits = typed.export.mlx_bits
+        _fuse(model, typed.export.dequantize or bits is not None)
+        del loaded
         result.quantized = _is_quantized(model)
         config = _model_config(base_path, result.quantized, typed)
-        from mlx_lm.utils import save
-
-        save(staging, base_path, model, tokenizer, dict(config), donate_model=False)
-        del model, loaded
+        if result.quantized:  # kept as the base was: saved first, the float reference after
+            save_mlx(staging, base_path, model, tokenizer, config, typed)
+            model = dequantize_model(model)
+        reference = measure(model, tokenizer, prompts, test_set, typed)
+        result.answers["float"] = reference.answers
+        result.reference_ppl, result.test_examples = reference.test_ppl, reference.test_examples
+        if not no_gguf:
+            write_ggufs(result, staging, model, tokenizer, config, typed, base_path,
+                         reference, prompts, test_set)
+        if not result.quantized:
+            save_mlx(staging, base_path, model, tokenizer, config, typed)
+        del model
         clear_cache()  # the cached base now holds fused weights
-        fused, fused_tokenizer = mlx_lm.load(str(staging))
-        if prompts:
-            result.answers["fused"] = _answers(fused, fused_tokenizer, prompts,
-                                               typed.export.check_tokens)
-        _gguf(result, staging, fused, fused_tokenizer, config, prompts, typed, base_path)
-        del fused
-        if result.gguf is not None:
-            write_modelfile(staging, fused_tokenizer, GGUF_NAME)
+        check_mlx(result, staging, typed, reference, prompts, test_set)
+        if result.ggufs:
+            write_modelfile(staging, tokenizer, result.ggufs[0].name)
         _write_record(staging, result, target, base_path, typed)
         _publish(staging, out)
     except BaseException:
@@ -173,76 +205,6 @@ def export_target(cfg: DictConfig, overrides: Sequence[str] = ()) -> Exported:
         raise
     result.seconds = time.perf_counter() - started
     return result
-
-
-def _gguf(result: Exported, staging: Path, fused, tokenizer, config: Dict[str, Any],
-          prompts, typed, base_path: str) -> None:
-    import mlx_lm
-    from mlx.utils import tree_flatten
-    from mlx_lm.utils import dequantize_model
-
-    from sweep.models.gguf import import_gguf
-    from sweep.models.gguf_export import GGUF_MODEL_TYPES, write_gguf
-
-    model_type = config.get("model_type")
-    if not typed.export.gguf:
-        result.gguf_note = "not asked for (export.gguf=false)"
-        return
-    if model_type not in GGUF_MODEL_TYPES:
-        result.gguf_note = (f"mlx-lm writes GGUF for {', '.join(GGUF_MODEL_TYPES)} only, not "
-                            f"'{model_type}'; llama.cpp's convert_hf_to_gguf.py converts the "
-                            "fused folder")
-        return
-    if result.quantized:  # the GGUF writer takes float tensors: the same weights, dequantized
-        fused = dequantize_model(fused)
-        if prompts:
-            result.answers["fused (dequantized)"] = _answers(fused, tokenizer, prompts,
-                                                             typed.export.check_tokens)
-    float_config = {k: v for k, v in config.items()
-                    if k not in ("quantization", "quantization_config")}
-    weights = dict(tree_flatten(fused.parameters()))
-    path = write_gguf(staging, weights, float_config, staging / GGUF_NAME,
-                      name=f"{typed.model.name}-sweep", tokenizer_from=Path(base_path))
-    result.gguf = result.output / GGUF_NAME
-    with tempfile.TemporaryDirectory(prefix="sweep-gguf-check.") as folder:
-        back_dir = Path(folder) / "model"
-        try:
-            import_gguf(path, back_dir, quantized=False)
-        except ValueError as error:
-            raise InputError(f"export: the GGUF written cannot be read back by this project's "
-                             f"importer ({error}); export.gguf=false skips it") from None
-        back, back_tokenizer = mlx_lm.load(str(back_dir))
-        theirs = dict(tree_flatten(back.parameters()))
-        if set(theirs) != set(weights):
-            missing = sorted(set(weights) ^ set(theirs))[:3]
-            raise InputError(f"export: the GGUF read back has other tensors than the fused "
-                             f"model ({missing})")
-        result.max_weight_difference = max(_difference(weights[k], theirs[k]) for k in weights)
-        if result.max_weight_difference > 0:
-            worst = max(weights, key=lambda k: _difference(weights[k], theirs[k]))
-            raise InputError(f"export: the GGUF read back differs from the fused model in "
-                             f"{worst} (by up to {result.max_weight_difference:.3g}); "
-                             "nothing was written")
-        if prompts:
-            got = _answers(back, back_tokenizer, prompts, typed.export.check_tokens)
-            result.answers["gguf (read back)"] = got
-            expected = result.answers.get("fused (dequantized)", result.answers["fused"])
-            for question, want, have in zip(result.prompts, expected, got):
-                if want != have:
-                    raise InputError(
-                        f"export: the GGUF read back answers differently from the fused "
-                        f"model to {question!r}: {have[:60]!r} instead of {want[:60]!r}; "
-                        "nothing was written")
-
-
-def _difference(written, read) -> float:
-    """Largest |difference| between a weight and its GGUF read-back; bfloat16 is written
-    as float16 (as mlx-lm does), so it is compared as such."""
-    import mlx.core as mx
-
-    if written.dtype == mx.bfloat16:
-        written = written.astype(mx.float32).astype(mx.float16)
-    return mx.abs(read.astype(mx.float32) - written.astype(mx.float32)).max().item()
 
 
 def _write_record(folder: Path, result: Exported, target, base_path: str, typed) -> None:
@@ -258,10 +220,13 @@ def _write_record(folder: Path, result: Exported, target, base_path: str, typed)
         "trial": {k: v for k, v in flatten(typed).items()
                   if k.split(".")[0] in ("lora", "optimizer", "train", "scheduler")},
         "quantized": result.quantized,
-        "gguf": GGUF_NAME if result.gguf else None,
+        "ggufs": [p.name for p in result.ggufs],
         "gguf_note": result.gguf_note or None,
         "check": {"prompts": result.prompts, "answers": result.answers,
-                  "max_weight_difference": result.max_weight_difference},
+                  "test_examples": result.test_examples,
+                  "float_test_ppl": result.reference_ppl,
+                  "max_ppl_increase": typed.export.max_ppl_increase},
+        "formats": [f.record() for f in result.formats],
     }
     (folder / "sweep_export.json").write_text(json.dumps(record, indent=2))
 
@@ -277,31 +242,37 @@ def _publish(staging: Path, out: Path) -> None:
         staging.rename(out)
 
 
+def _table(result: Exported) -> List[str]:
+    n = len(result.prompts)
+    ppl = (f"{result.reference_ppl:.3f}" if result.reference_ppl is not None else "-")
+    rows = [f"  {'format':<24} {'file':<20} {'MB':>8} {'test ppl':>9} {'vs float':>9} "
+            f"{'same answers':>12}",
+            f"  {'float (fused, in memory)':<24} {'':<20} {'':>8} {ppl:>9} {'':>9} {'':>12}"]
+    for f in result.formats:
+        change = f"{f.ppl_increase:+.1%}" if f.ppl_increase is not None else "-"
+        test = f"{f.test_ppl:.3f}" if f.test_ppl is not None else "-"
+        rows.append(f"  {f.name:<24} {f.file:<20} {f.bytes / 1e6:>8.1f} {test:>9} "
+                    f"{change:>9} {f'{f.agreement}/{n}':>12}")
+    return rows
+
+
 def summary(result: Exported) -> str:
     lines = [f"exported {result.description} to {result.output} in {result.seconds:.0f} s",
-             f"  mlx-lm model: {result.output} ({'quantized' if result.quantized else 'float'}"
-             " weights)"]
-    if result.gguf is not None:
-        size = result.gguf.stat().st_size / 1e6 if result.gguf.exists() else float("nan")
-        lines.append(f"  GGUF: {result.gguf} ({size:.0f} MB)")
-        if result.max_weight_difference is not None:
-            same = sum(a == b for a, b in zip(result.answers.get("fused", []),
-                                              result.answers.get("gguf (read back)", [])))
-            lines.append(f"  read back with sweep's GGUF importer: weights differ by at most "
-                         f"{result.max_weight_difference:.3g}; "
-                         f"{same}/{len(result.prompts)} greedy answers identical to the "
-                         "fused model's")
-    else:
+             f"each format loaded back: greedy answers to {len(result.prompts)} test questions "
+             f"and perplexity over {result.test_examples} test examples, beside the float "
+             "model's", *_table(result)]
+    if not result.ggufs:
         lines.append(f"  no GGUF: {result.gguf_note}")
     if result.prompts and "adapter" in result.answers:
-        same = sum(a == b for a, b in zip(result.answers["adapter"], result.answers["fused"]))
+        same = sum(a == b for a, b in zip(result.answers["adapter"], result.answers["float"]))
         lines.append(f"  fused vs adapter (unfused): {same}/{len(result.prompts)} greedy "
                      "answers identical")
     lines += ["run it:",
               f"  mlx_lm.generate --model {result.output} --prompt \"...\"",
-              f"  mlx_lm.chat --model {result.output}"]
-    if result.gguf is not None:
-        lines += [f"  llama-cli -m {result.gguf} -cnv        (llama.cpp; its chat template "
+              f"  mlx_lm.server --model {result.output}        (OpenAI-compatible HTTP)"]
+    if result.ggufs:
+        gguf = result.output / result.ggufs[0].name
+        lines += [f"  llama-cli -m {gguf} -cnv        (llama.cpp; its chat template "
                   "is in the GGUF)",
                   f"  cd {result.output} && ollama create sweep-model -f Modelfile && "
                   "ollama run sweep-model"]
