@@ -192,6 +192,7 @@ def run_trial(
     from sweep.tracking.console import ConsoleReporter
     from sweep.tracking.mlflow_tracker import check_tracking
     from sweep.tracking.run import open_tracker, tracked_run, write_config
+    from sweep.config.templates import use
     from sweep.training.checkpoint import Checkpoints
     from sweep.training.lora import apply_lora, save_adapter, trainable_parameters
     from sweep.training.loop import train
@@ -201,7 +202,7 @@ def run_trial(
         check_tracking(typed.mlflow)  # before minutes of loading, not after
     splits = load_splits(typed.data, typed.seed)
     loaded = load_base(typed.model, typed.cache_dir, typed.seed)
-    model, tokenizer = loaded.model, loaded.tokenizer
+    model, tokenizer = loaded.model, use(loaded.tokenizer, typed.data.template, typed.model.name)
     train_set, val_set, cut = _fit_to_length(
         tokenize(splits.train, tokenizer, typed.data.mask_prompt),
         tokenize(splits.valid, tokenizer, typed.data.mask_prompt), typed.train)

@@ -228,9 +228,15 @@ class DataConfig:
     valid_fraction: float = 0.1
     test_fraction: float = 0.1
     max_examples: Optional[int] = None  # cap on records read (before splitting)
+    # how a record becomes text: chat (the model's chat template), alpaca, plain, or your
+    # own string with {question} (or {instruction}, {input}), {system} and {answer} last
+    template: str = "chat"
 
     def __post_init__(self) -> None:
+        from sweep.config.templates import template_text
+
         _require(bool(self.path), "data.path", "must not be empty", self.path)
+        template_text(self.template)  # one line naming data.template when it cannot work
         _require(0 < self.valid_fraction < 1, "data.valid_fraction", "must be in (0, 1)",
                  self.valid_fraction)
         _require(0 <= self.test_fraction < 1, "data.test_fraction", "must be in [0, 1)",

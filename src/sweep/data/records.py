@@ -208,15 +208,18 @@ def normalise(record: Any, fmt: DataFormat, system_prompt: Optional[str],
     if fmt is DataFormat.chat:
         messages = _messages(record)
     else:
+        user: Dict[str, str] = {"role": "user"}
         if fmt is DataFormat.alpaca:
-            prompt = _text(record, "instruction")
+            instruction = _text(record, "instruction")
             extra = _text(record, "input", optional=True)
-            prompt = f"{prompt}\n\n{extra}" if extra.strip() else prompt
+            # the parts stay apart too, for data.template's {instruction} and {input}
+            user.update(content=f"{instruction}\n\n{extra}" if extra.strip() else instruction,
+                        instruction=instruction, input=extra)
             answer = _text(record, "output")
         else:
             prompt_key, answer_key = _KEYS[fmt]
-            prompt, answer = _text(record, prompt_key), _text(record, answer_key)
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+            user["content"], answer = _text(record, prompt_key), _text(record, answer_key)
+        messages = [user, {"role": "assistant", "content": answer}]
     if system_prompt and messages[0]["role"] != "system":
         messages = [{"role": "system", "content": system_prompt}] + messages
     if mask_prompt and messages[-1]["role"] != "assistant":

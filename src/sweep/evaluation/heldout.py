@@ -141,6 +141,7 @@ def _ppl_difference_se(base: Side, adapter: Side) -> float:
 def evaluate_target(cfg: DictConfig, overrides: Sequence[str] = ()) -> HeldOut:
     """Resolve ``cfg.target`` and evaluate it (and its base model) on the test split."""
     from sweep.config import to_typed
+    from sweep.config.templates import use
     from sweep.data.batches import tokenize
     from sweep.data.records import load_splits
     from sweep.evaluation.answers import questions
@@ -157,7 +158,7 @@ def evaluate_target(cfg: DictConfig, overrides: Sequence[str] = ()) -> HeldOut:
         raise InputError(f"data.path={typed.data.path}: no test split (data.test_fraction="
                          f"{typed.data.test_fraction}, or a folder without test.jsonl)")
     loaded = load_base(typed.model, typed.cache_dir, typed.seed)
-    model, tokenizer = loaded.model, loaded.tokenizer
+    model, tokenizer = loaded.model, use(loaded.tokenizer, typed.data.template, typed.model.name)
     test_set = tokenize(splits.test, tokenizer, typed.data.mask_prompt)
     limit = typed.eval.max_examples or len(splits.test)
     qs = questions(splits.test[:limit], tokenizer)

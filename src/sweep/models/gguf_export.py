@@ -102,11 +102,13 @@ def tokenizer_metadata(model_dir: Path) -> Optional[Dict[str, Any]]:
 
 def write_gguf(model_dir: Path, weights: Dict[str, mx.array], config: Dict[str, Any],
                out_file: Path, name: Optional[str] = None,
-               tokenizer_from: Optional[Path] = None) -> Path:
+               tokenizer_from: Optional[Path] = None,
+               chat_template: Optional[str] = None) -> Path:
     """Write ``weights`` (float, mlx-lm names; e.g. a fused model's parameters) with
     ``config`` (its config.json) as a GGUF file; ``model_dir`` holds its tokenizer, and
     ``tokenizer_from`` (default ``model_dir``) is the model folder whose provenance may
-    name the GGUF it was imported from (a fused model's base)."""
+    name the GGUF it was imported from (a fused model's base); ``chat_template``
+    replaces the tokenizer's (the prompt format the model was trained with)."""
     from mlx_lm.gguf import HfVocab, permute_weights, prepare_metadata, translate_weight_names
 
     if config.get("quantization"):
@@ -129,6 +131,8 @@ def write_gguf(model_dir: Path, weights: Dict[str, mx.array], config: Dict[str, 
     if tokenizer is not None:
         metadata = {k: v for k, v in metadata.items() if not k.startswith("tokenizer.")}
         metadata.update(tokenizer)
+    if chat_template:
+        metadata["tokenizer.chat_template"] = chat_template
     all_f32 = all(v.dtype == mx.float32 for v in out.values())
     metadata["general.file_type"] = mx.array(_ALL_F32 if all_f32 else _MOSTLY_F16,
                                              dtype=mx.uint32)

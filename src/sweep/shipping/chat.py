@@ -63,6 +63,7 @@ def load_chat_model(cfg: DictConfig, overrides: Sequence[str] = ()) -> Tuple[Any
     instead. The command's overrides go on top of the trained config, as in
     ``sweep-eval`` (:func:`~sweep.evaluation.heldout.trial_config`)."""
     from sweep.config import to_typed
+    from sweep.config.templates import use
     from sweep.evaluation.heldout import trial_config
     from sweep.models.loader import load_base
     from sweep.training.lora import load_adapter
@@ -82,6 +83,7 @@ def load_chat_model(cfg: DictConfig, overrides: Sequence[str] = ()) -> Tuple[Any
     trained = target or chosen
     typed = to_typed(trial_config(trained.config if trained else None, cfg, overrides))
     loaded = load_base(typed.model, typed.cache_dir, typed.seed)
+    use(loaded.tokenizer, typed.data.template, typed.model.name)
     if chosen is None:
         description = f"the base model {typed.model.name} (no adapter)"
     else:

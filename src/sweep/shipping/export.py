@@ -150,6 +150,7 @@ def export_target(cfg: DictConfig, overrides: Sequence[str] = ()) -> Exported:
     from mlx_lm.utils import dequantize_model, load_config
 
     from sweep.config import to_typed
+    from sweep.config.templates import use
     from sweep.evaluation.heldout import trial_config
     from sweep.models.loader import _is_quantized, clear_cache, load_base
     from sweep.shipping.export_check import measure
@@ -168,7 +169,8 @@ def export_target(cfg: DictConfig, overrides: Sequence[str] = ()) -> Exported:
         loaded = load_base(typed.model, typed.cache_dir, typed.seed)
         base_path = loaded.path
         no_gguf = _gguf_wanted(typed, load_config(Path(base_path)).get("model_type"), overrides)
-        model, tokenizer = loaded.model, loaded.tokenizer
+        model, tokenizer = loaded.model, use(loaded.tokenizer, typed.data.template,
+                                             typed.model.name)
         load_adapter(model, target.adapter_dir, typed.model.name)
         qs, test_set = _check_data(typed, tokenizer)
         prompts = [q.prompt for q in qs]
@@ -197,7 +199,7 @@ def export_target(cfg: DictConfig, overrides: Sequence[str] = ()) -> Exported:
         clear_cache()  # the cached base now holds fused weights
         check_mlx(result, staging, typed, reference, prompts, test_set)
         if result.ggufs:
-            write_modelfile(staging, tokenizer, result.ggufs[0].name)
+            write_modelfile(staging, tokenizer, result.ggufs[0].name, typed.data.template)
         _write_record(staging, result, target, base_path, typed)
         _publish(staging, out)
     except BaseException:

@@ -86,7 +86,9 @@ def write_ggufs(result, staging: Path, model, tokenizer, config: Dict[str, Any],
         tokenizer_dir = Path(folder) / "tokenizer"
         tokenizer.save_pretrained(str(tokenizer_dir))
         source = write_gguf(tokenizer_dir, weights, float_config, Path(folder) / "f32.gguf",
-                            name=f"{typed.model.name}-sweep", tokenizer_from=Path(base_path))
+                            name=f"{typed.model.name}-sweep", tokenizer_from=Path(base_path),
+                            chat_template=None if typed.data.template == "chat"
+                            else tokenizer.chat_template)
         for gguf_type in typed.export.gguf_type:
             path = staging / gguf_name(gguf_type)
             if gguf_type == "f32":

@@ -18,14 +18,20 @@ def _default_system(tokenizer) -> Optional[str]:
     return None
 
 
-def write_modelfile(folder: Path, tokenizer, gguf_name: str) -> Path:
-    """``folder/Modelfile`` for ``ollama create``: the GGUF, and for a ChatML template
-    (what SmolLM2 and Qwen use) the same template, stop token and default system prompt
-    in Ollama's own template language; otherwise Ollama reads the GGUF's template."""
+def write_modelfile(folder: Path, tokenizer, gguf_name: str, data_template: str = "chat") -> Path:
+    """``folder/Modelfile`` for ``ollama create``: the GGUF, and the prompt format in
+    Ollama's own template language: ``data.template``'s when it is not ``chat``; for a
+    ChatML template (what SmolLM2 and Qwen use) the same template, stop token and default
+    system prompt; otherwise Ollama reads the GGUF's template."""
+    from sweep.config.templates import ollama_template
+
     template = getattr(tokenizer, "chat_template", None) or ""
     lines = ["# Ollama: ollama create <name> -f Modelfile && ollama run <name>",
              f"FROM ./{gguf_name}"]
-    if "<|im_start|>" in template:  # ChatML, as the model was trained with
+    own = ollama_template(data_template)
+    if own is not None:
+        lines += [f'TEMPLATE """{own}"""', f'PARAMETER stop "{tokenizer.eos_token}"']
+    elif "<|im_start|>" in template:  # ChatML, as the model was trained with
         lines += ['TEMPLATE """{{- if .System }}<|im_start|>system',
                   '{{ .System }}<|im_end|>', '{{ end }}{{- range .Messages }}<|im_start|>'
                   '{{ .Role }}', '{{ .Content }}<|im_end|>', '{{ end }}<|im_start|>assistant',

@@ -91,6 +91,7 @@ class Served:
         from omegaconf import OmegaConf
 
         from sweep.config.schema import ModelConfig
+        from sweep.config.templates import use
         from sweep.models.loader import load_base
         from sweep.training.lora import load_adapter
 
@@ -104,23 +105,26 @@ class Served:
                              f"({loaded.path}, sha256 {digest[:12]}) is not the one the adapter "
                              f"was trained on (sha256 {base['sha256'][:12]})")
         load_adapter(loaded.model, Path(adapter_dir), model_cfg.name)
+        use(loaded.tokenizer, config.get("template", "chat"), model_cfg.name)
         return cls(loaded.model, loaded.tokenizer, config.get("system"),
                    int(config.get("max_tokens", 128)), int(config.get("batch_size", 8)))
+
+    def prompt(self, text: str) -> List[int]:
+        """The tokens the model sees for the question ``text``: the trained prompt format."""
+        if not isinstance(text, str):
+            raise InputError(f"registered model: predict takes a list of strings, got "
+                             f"{type(text).__name__}")
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        tokens = self.tokenizer.apply_chat_template(head + [{"role": "user", "content": text}],
+                                                    add_generation_prompt=True)
+        return list(tokens["input_ids"] if isinstance(tokens, dict) else tokens)
 
     def answer(self, prompts: List[str]) -> List[str]:
         from sweep.evaluation.answers import fused_adapters, generate_answers
 
         if not prompts:
             return []
-        head = [{"role": "system", "content": self.system}] if self.system else []
-        ids = []
-        for text in prompts:
-            if not isinstance(text, str):
-                raise InputError(f"registered model: predict takes a list of strings, got "
-                                 f"{type(text).__name__}")
-            tokens = self.tokenizer.apply_chat_template(
-                head + [{"role": "user", "content": text}], add_generation_prompt=True)
-            ids.append(list(tokens["input_ids"] if isinstance(tokens, dict) else tokens))
+        ids = [self.prompt(text) for text in prompts]
         with fused_adapters(self.model):
             return generate_answers(self.model, self.tokenizer, ids, self.max_tokens,
                                     self.batch_size).texts
@@ -146,6 +150,7 @@ def register_adapter(tracking_uri: str, run_id: str, adapter_dir: Path, typed, n
     from mlflow.tracking import MlflowClient
 
     config = {"base": base_reference(typed), "system": typed.data.system_prompt,
+              "template": typed.data.template,
               "max_tokens": typed.eval.max_tokens, "batch_size": 8}
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in logs
     mlflow.set_tracking_uri(tracking_uri)
