@@ -222,3 +222,24 @@ def test_console_script_and_cfg_job() -> None:
     job = subprocess.run([*CHAT, "--cfg", "job", "target=x", "chat.temperature=0.7"], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert job.returncode == 0 and "temperature: 0.7" in job.stdout
+
+
+@pytest.mark.slow
+def test_compare_answers_one_question_with_each_adapter(trained, tmp_path: Path) -> None:
+    tmp, sweep_dir, trial = trained
+    out = run_chat(f"target={sweep_dir}", f"prompt={QUESTION}", "chat.max_tokens=24",
+                   f"compare=[none,{trial / 'adapter'}]", cwd=tmp)
+    assert out.returncode == 0, out.stderr[-3000:]
+    adapter = expected_answer(trial, QUESTION, True, 24)
+    base = expected_answer(trial, QUESTION, False, 24)
+    assert adapter != base
+    lines = out.stdout.split("\n")
+    assert lines[0].startswith("== the adapter of best trial 0 of study 's' (val_loss ")
+    assert "\n".join(lines[1:]) == (f"{adapter}\n== the base model tiny (no adapter) ==\n{base}\n"
+                                    f"== adapter {trial / 'adapter'} on tiny ==\n{adapter}\n")
+    bad = run_chat(f"target={sweep_dir}", f"prompt={QUESTION}", f"compare=[{tmp_path}]",
+                   cwd=tmp)
+    assert bad.returncode == 2 and f"compare={tmp_path}" in bad.stderr, bad.stderr[-2000:]
+    assert "Traceback" not in bad.stderr and "==" not in bad.stdout
+    alone = run_chat(f"target={sweep_dir}", "compare=[none]", cwd=tmp)
+    assert alone.returncode == 2 and "give prompt=" in alone.stderr, alone.stderr[-2000:]

@@ -399,6 +399,9 @@ class SweepConfig:
     prompt: Optional[str] = None
     # sweep-chat: null = the target's adapter; "none" = the base model alone, to compare
     adapter: Optional[str] = None
+    # sweep-chat prompt=...: the same question also to these adapters (folders, run ids,
+    # sweeps, "none" for the base), each answer under a line naming its model
+    compare: Optional[List[str]] = None
     seed: int = 42
     # Where imported models are cached; null = $SWEEP_CACHE or ~/.cache/sweep
     cache_dir: Optional[str] = None

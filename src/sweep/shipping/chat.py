@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from sweep.targets import Target
 
 __all__ = ["load_chat_model", "chat_session", "Conversation", "answer", "chat_loop", "chat",
-           "COMMANDS"]
+           "compare", "COMMANDS"]
 
 COMMANDS = "/reset, /quit"
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")  # an MLflow run id, as sweep.targets reads it
@@ -234,6 +234,11 @@ def chat(cfg: DictConfig, overrides: Sequence[str] = (), stdin: Optional[TextIO]
     line and notes go to ``err`` (stderr)."""
     stdin, out, err = stdin or sys.stdin, out or sys.stdout, err or sys.stderr
     prompt = cfg.get("prompt")
+    if cfg.get("compare"):
+        if prompt is None:
+            raise TargetError("compare= answers one question side by side: give prompt=...")
+        compare(cfg, overrides, str(prompt), out, err)
+        return
     with chat_session(cfg, overrides) as (conversation, description):
         if prompt is not None:
             print(f"chatting with {description}", file=err, flush=True)
@@ -242,3 +247,25 @@ def chat(cfg: DictConfig, overrides: Sequence[str] = (), stdin: Optional[TextIO]
         print(f"chatting with {description}; {COMMANDS}", file=err, flush=True)
         read = _terminal_reader(out, err) if stdin.isatty() else _line_reader(stdin)
         chat_loop(conversation, read, out, err)
+
+
+def compare(cfg: DictConfig, overrides: Sequence[str], prompt: str, out: TextIO,
+            err: TextIO) -> List[str]:
+    """``prompt=`` answered by the target's adapter, then by each of ``compare=`` (seed
+    004 switches adapters on one base so): one model at a time on the shared base, each
+    answer under a ``== <model> ==`` line. Every adapter is resolved before any answer."""
+    from omegaconf import OmegaConf
+
+    tracking = cfg.mlflow.tracking_uri if cfg.mlflow.enabled else None
+    specs = [cfg.get("adapter")] + [str(s) for s in cfg.compare]
+    for spec in specs[1:]:
+        if not _base_only(spec):
+            _resolve(spec, "compare", tracking)
+    answers = []
+    for spec in specs:
+        one = OmegaConf.merge(cfg, {"adapter": spec, "compare": None})
+        with chat_session(one, overrides) as (conversation, description):
+            print(f"== {description} ==", file=out, flush=True)
+            answers.append(answer(conversation, prompt, out))
+    print(f"compared {len(specs)} models on one question", file=err, flush=True)
+    return answers
