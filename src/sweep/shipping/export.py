@@ -192,7 +192,7 @@ def export_target(cfg: DictConfig, overrides: Sequence[str] = ()) -> Exported:
         result.reference_ppl, result.test_examples = reference.test_ppl, reference.test_examples
         if not no_gguf:
             write_ggufs(result, staging, model, tokenizer, config, typed, base_path,
-                         reference, prompts, test_set)
+                        reference, prompts, test_set)
         if not result.quantized:
             save_mlx(staging, base_path, model, tokenizer, config, typed)
         del model

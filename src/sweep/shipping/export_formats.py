@@ -21,7 +21,7 @@ def gguf_name(gguf_type: str) -> str:
 
 
 def save_mlx(staging: Path, base_path: str, model, tokenizer, config: Dict[str, Any],
-              typed) -> None:
+             typed) -> None:
     """The fused MLX folder: as it is, cast to ``export.mlx_dtype``, or quantized by mlx-lm
     to ``export.mlx_bits``."""
     import mlx.core as mx
@@ -70,7 +70,7 @@ def check_mlx(result, staging: Path, typed, reference, prompts, test_set) -> Non
 
 
 def write_ggufs(result, staging: Path, model, tokenizer, config: Dict[str, Any],
-                 typed, base_path: str, reference, prompts, test_set) -> None:
+                typed, base_path: str, reference, prompts, test_set) -> None:
     """A float32 GGUF from the float weights, rewritten in each type asked for; each read
     back and measured."""
     import mlx.core as mx
