@@ -105,3 +105,19 @@ def test_a_bad_template_in_the_config_is_one_line() -> None:
 
     with pytest.raises((ConfigError, InputError), match="data.template='{question}'"):
         to_typed(compose(["model=tiny", "data.template='{question}'"]))
+
+
+def test_ollama_answers_end_with_eos_and_triple_quotes_are_refused() -> None:
+    go = ollama_template("plain", "</s>")
+    assert '{{ else if eq .Role "assistant" }}{{ .Content }}</s>{{ end }}' in go
+    with pytest.raises(InputError, match="a Modelfile TEMPLATE cannot hold"):
+        ollama_template('"""{question}"""\n{answer}')
+
+
+def test_plain_text_data_has_no_prompt_format() -> None:
+    from sweep.config import compose, to_typed
+    from sweep.config.checks import ConfigError
+
+    with pytest.raises(ConfigError, match="data.template='plain': plain text"):
+        to_typed(compose(["model=tiny", "data.format=text", "data.mask_prompt=false",
+                          "data.template=plain"]))

@@ -245,6 +245,9 @@ class DataConfig:
                  "data.valid_fraction + data.test_fraction must be < 1", self.test_fraction)
         _require(self.max_examples is None or self.max_examples > 0, "data.max_examples",
                  "must be null or > 0", self.max_examples)
+        _require(self.format is not DataFormat.text or self.template == "chat", "data.template",
+                 "plain text (data.format=text) is trained as it is, with no prompt format",
+                 self.template)
         _require(not (self.mask_prompt and self.format is DataFormat.text), "data.mask_prompt",
                  "plain text has no prompt to mask; set data.mask_prompt=false",
                  self.mask_prompt)

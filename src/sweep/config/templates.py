@@ -156,10 +156,14 @@ def use(tokenizer: Any, template: str, model_name: str = "the model") -> Any:
     return tokenizer
 
 
-def ollama_template(template: str) -> Optional[str]:
-    """The Modelfile ``TEMPLATE`` (Go template) of ``data.template``; None for ``chat``."""
+def ollama_template(template: str, eos: str = "") -> Optional[str]:
+    """The Modelfile ``TEMPLATE`` (Go template) of ``data.template``, each earlier answer
+    ended with ``eos`` as in training; None for ``chat``."""
     if template == "chat":
         return None
+    if '"""' in template:
+        raise InputError(f"data.template={template!r}: a Modelfile TEMPLATE cannot hold "
+                         '\"\"\" (three double quotes)')
     if template == "alpaca":
         fmt = parse(_ALPACA_HEAD.format(with_input="") + "### Instruction:\n{instruction}\n\n"
                     "### Response:\n{answer}")
@@ -174,5 +178,5 @@ def ollama_template(template: str) -> Optional[str]:
                      for lit, f in fmt.prompt)
     head = "" if "system" in fmt.fields else "{{- if .System }}{{ .System }}\n\n{{ end }}"
     return (head + "{{ range .Messages }}{{ if eq .Role \"user\" }}" + prompt +
-            "{{ else if eq .Role \"assistant\" }}{{ .Content }}" + go(fmt.suffix) +
+            "{{ else if eq .Role \"assistant\" }}{{ .Content }}" + go(fmt.suffix) + go(eos) +
             "{{ end }}{{ end }}")

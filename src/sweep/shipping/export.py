@@ -199,7 +199,8 @@ def export_target(cfg: DictConfig, overrides: Sequence[str] = ()) -> Exported:
         clear_cache()  # the cached base now holds fused weights
         check_mlx(result, staging, typed, reference, prompts, test_set)
         if result.ggufs:
-            write_modelfile(staging, tokenizer, result.ggufs[0].name, typed.data.template)
+            write_modelfile(staging, tokenizer, result.ggufs[0].name, typed.data.template,
+                            typed.data.system_prompt)
         _write_record(staging, result, target, base_path, typed)
         _publish(staging, out)
     except BaseException:
@@ -221,6 +222,8 @@ def _write_record(folder: Path, result: Exported, target, base_path: str, typed)
         "adapter_config": json.loads((target.adapter_dir / "adapter_config.json").read_text()),
         "trial": {k: v for k, v in flatten(typed).items()
                   if k.split(".")[0] in ("lora", "optimizer", "train", "scheduler")},
+        "prompt_format": {"data.template": typed.data.template,
+                          "data.system_prompt": typed.data.system_prompt},
         "quantized": result.quantized,
         "ggufs": [p.name for p in result.ggufs],
         "gguf_note": result.gguf_note or None,

@@ -18,7 +18,8 @@ def _default_system(tokenizer) -> Optional[str]:
     return None
 
 
-def write_modelfile(folder: Path, tokenizer, gguf_name: str, data_template: str = "chat") -> Path:
+def write_modelfile(folder: Path, tokenizer, gguf_name: str, data_template: str = "chat",
+                    system: Optional[str] = None) -> Path:
     """``folder/Modelfile`` for ``ollama create``: the GGUF, and the prompt format in
     Ollama's own template language: ``data.template``'s when it is not ``chat``; for a
     ChatML template (what SmolLM2 and Qwen use) the same template, stop token and default
@@ -28,9 +29,11 @@ def write_modelfile(folder: Path, tokenizer, gguf_name: str, data_template: str 
     template = getattr(tokenizer, "chat_template", None) or ""
     lines = ["# Ollama: ollama create <name> -f Modelfile && ollama run <name>",
              f"FROM ./{gguf_name}"]
-    own = ollama_template(data_template)
+    own = ollama_template(data_template, tokenizer.eos_token or "")
     if own is not None:
         lines += [f'TEMPLATE """{own}"""', f'PARAMETER stop "{tokenizer.eos_token}"']
+        if system:  # data.system_prompt, as the registered model asks with it
+            lines.append(f'SYSTEM """{system}"""')
     elif "<|im_start|>" in template:  # ChatML, as the model was trained with
         lines += ['TEMPLATE """{{- if .System }}<|im_start|>system',
                   '{{ .System }}<|im_end|>', '{{ end }}{{- range .Messages }}<|im_start|>'

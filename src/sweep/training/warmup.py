@@ -38,6 +38,7 @@ def warm_up(overrides: Sequence[str] = ()) -> dict:
     from mlx_lm.generate import batch_generate
 
     from sweep.config import compose, to_typed
+    from sweep.config.templates import use
     from sweep.data.batches import tokenize
     from sweep.data.records import load_splits
     from sweep.models.loader import load_base
@@ -48,6 +49,7 @@ def warm_up(overrides: Sequence[str] = ()) -> dict:
     start = time.perf_counter()
     cfg = to_typed(compose(list(overrides)))
     loaded = load_base(cfg.model, cfg.cache_dir, cfg.seed)
+    use(loaded.tokenizer, cfg.data.template, cfg.model.name)
     splits = load_splits(cfg.data, seed=cfg.seed)
     # decoding first, with the base model: sweep-eval decodes the base model and the adapter
     # fused into it (plain linear layers), so the LoRA layers need no decoding kernels
