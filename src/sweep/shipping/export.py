@@ -134,7 +134,7 @@ def _gguf_wanted(typed, model_type: Optional[str], overrides: Sequence[str]) -> 
     from sweep.models.gguf_export import GGUF_MODEL_TYPES
 
     if not typed.export.gguf or not typed.export.gguf_type:
-        return "not asked for (export.gguf=false)"
+        return "not asked for (export.gguf=false or an empty export.gguf_type)"
     if model_type in GGUF_MODEL_TYPES:
         return ""
     why = (f"mlx-lm writes GGUF for {', '.join(GGUF_MODEL_TYPES)} only, not '{model_type}'; "
@@ -258,6 +258,7 @@ def _table(result: Exported) -> List[str]:
         test = f"{f.test_ppl:.3f}" if f.test_ppl is not None else "-"
         rows.append(f"  {f.name:<24} {f.file:<20} {f.bytes / 1e6:>8.1f} {test:>9} "
                     f"{change:>9} {f'{f.agreement}/{n}':>12}")
+    rows += [f"  ({f.name}: {f.note})" for f in result.formats if f.note]
     return rows
 
 

@@ -44,6 +44,7 @@ class Format:
     ppl_increase: Optional[float] = None  # relative to the float model's
     tensor_types: List[str] = field(default_factory=list)
     max_weight_difference: Optional[float] = None  # float32 GGUF: read back vs written
+    note: str = ""  # how it was measured, when not as it is
 
     def record(self) -> Dict[str, Any]:
         return asdict(self)
