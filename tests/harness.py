@@ -109,6 +109,16 @@ def sweep_cmd(where: Stores, *overrides: str, n_trials: Optional[int] = 4, study
             *where.overrides(study), *overrides]
 
 
+def worded_sweep(tmp: Path, *extra: str) -> List[str]:
+    """A one-trial sweep on the tiny model trained enough (lr 5e-3, 16 micro-batches) that
+    it answers with words: after a few micro-batches at the usual rates it answers newlines."""
+    qa = write_qa(tmp / "qa.jsonl", 40)
+    return sweep_cmd(stores(tmp), "data=jsonl", f"data.path={qa}", "train.iters=16",
+                     "train.grad_accumulation=1", "train.eval_every_iters=8",
+                     "train.val_batches=1", "lora.rank=8", "lora.alpha=choice(16)",
+                     "optimizer.lr=5e-3", "eval.after_sweep=false", *extra, n_trials=1)
+
+
 def zero_cost(cmd: Sequence[str]) -> List[str]:
     """``cmd`` with the zero-cost trial runner, and without the winner's evaluation and
     registration (there is no adapter): for tests of the sweeper, not of training."""

@@ -28,13 +28,7 @@ def trained(tmp_path_factory):
     """A one-trial sweep on the tiny model, trained enough (lr 5e-3, 16 iterations) that it
     answers with words: after a few iterations at the usual rates it answers newlines."""
     tmp = tmp_path_factory.mktemp("chat")
-    qa = harness.write_qa(tmp / "qa.jsonl", 40)
-    cmd = harness.sweep_cmd(
-        harness.stores(tmp), "data=jsonl", f"data.path={qa}", "train.iters=16",
-        "train.grad_accumulation=1", "train.eval_every_iters=8", "train.val_batches=1",
-        "lora.rank=8", "lora.alpha=choice(16)", "optimizer.lr=5e-3", "eval.after_sweep=false",
-        "registry.after_sweep=false", n_trials=1)
-    out = harness.run(cmd, timeout=600)
+    out = harness.run(harness.worded_sweep(tmp, "registry.after_sweep=false"), timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return tmp, tmp / "sweep", tmp / "sweep" / "0"
 

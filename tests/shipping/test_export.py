@@ -145,6 +145,7 @@ def test_adapter_for_another_base_model(tiny_sweep, tmp_path: Path) -> None:
     ("export.mlx_bits=7", "export.mlx_bits=7: must be null or one of 2, 3, 4, 5, 6, 8"),
     ("export.mlx_dtype=float8", "export.mlx_dtype='float8'"),
     ("export.max_ppl_increase=-1", "export.max_ppl_increase=-1"),
+    ("data.template='### Q: {question}'", "has no {answer} field (where the answer goes, last)"),
 ])
 def test_bad_export_settings_are_one_line(tiny_sweep, tmp_path: Path, setting, message) -> None:
     tmp, _, _ = tiny_sweep

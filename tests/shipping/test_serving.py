@@ -37,13 +37,7 @@ def served(tmp_path_factory):
     """A one-trial sweep on the tiny model, trained enough to answer with words, registered
     as ``sweep-s@best`` (answers of ``TOKENS`` tokens), and exported without a GGUF."""
     tmp = tmp_path_factory.mktemp("serve")
-    qa = harness.write_qa(tmp / "qa.jsonl", 40)
-    cmd = harness.sweep_cmd(
-        harness.stores(tmp), "data=jsonl", f"data.path={qa}", "train.iters=16",
-        "train.grad_accumulation=1", "train.eval_every_iters=8", "train.val_batches=1",
-        "lora.rank=8", "lora.alpha=choice(16)", "optimizer.lr=5e-3", "eval.after_sweep=false",
-        f"eval.max_tokens={TOKENS}", n_trials=1)
-    out = harness.run(cmd, timeout=600)
+    out = harness.run(harness.worded_sweep(tmp, f"eval.max_tokens={TOKENS}"), timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     export = subprocess.run(
         [sys.executable, "-m", "sweep.cli.export", "model=tiny", f"target={tmp}/sweep",

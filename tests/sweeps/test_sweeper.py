@@ -230,12 +230,17 @@ def test_bad_search_space_stops_before_any_trial(tmp_path: Path) -> None:
 
 def test_kill_9_then_the_same_command_completes(tmp_path: Path) -> None:
     cmd = command(tmp_path, "train.iters=24", n=3)
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    log = tmp_path / "first.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     deadline = time.time() + 300
+    trials: list = []
     try:
         while time.time() < deadline:  # wait until the second trial is training
             time.sleep(1)
+            if proc.poll() is not None:  # ended before it could be killed: say how
+                break
             if not (tmp_path / "o.db").exists():
                 continue
             try:
@@ -246,7 +251,11 @@ def test_kill_9_then_the_same_command_completes(tmp_path: Path) -> None:
             if running and running[0].user_attrs.get("mlflow_run_id"):
                 break
         else:
-            pytest.fail("the sweep never reached its second trial")
+            proc.poll()
+        if proc.returncode is not None or time.time() >= deadline:
+            pytest.fail(f"the sweep never reached its second trial (exit {proc.returncode}; "
+                        f"trials {[(t.number, t.state.name) for t in trials]}):\n"
+                        f"{log.read_text()[-3000:]}")
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
