@@ -30,8 +30,14 @@ __all__ = ["NAMED", "PromptFormat", "parse", "use", "ollama_template"]
 
 _ALPACA_HEAD = ("Below is an instruction that describes a task{with_input}. Write a response "
                 "that appropriately completes the request.\n\n")
+_ALPACA_INPUT = (_ALPACA_HEAD.format(with_input=", paired with an input that provides further "
+                                     "context") +
+                 "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n"
+                 "### Response:\n{answer}")
 NAMED = {
-    "alpaca": None,  # two layouts (with and without an input): built in _jinja_alpaca
+    # a record with an input gets _ALPACA_INPUT instead (template_text); chat turns have none
+    "alpaca": _ALPACA_HEAD.format(with_input="") + "### Instruction:\n{instruction}\n\n"
+                                                   "### Response:\n{answer}",
     "plain": "{question}\n{answer}",
 }
 _PROMPT_FIELDS = ("question", "instruction", "input", "system")
@@ -117,13 +123,7 @@ def jinja(fmt: PromptFormat) -> str:
 
 
 def _jinja_alpaca() -> str:
-    with_input = parse(_ALPACA_HEAD.format(with_input=", paired with an input that provides "
-                                           "further context") +
-                       "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n"
-                       "### Response:\n{answer}")
-    alone = parse(_ALPACA_HEAD.format(with_input="") + "### Instruction:\n{instruction}\n\n"
-                  "### Response:\n{answer}")
-    a, b = jinja(with_input), jinja(alone)
+    a, b = jinja(parse(_ALPACA_INPUT)), jinja(parse(NAMED["alpaca"]))
     return ("{%- if messages | selectattr('input', 'defined') | selectattr('input') | list -%}"
             + a + "{%- else -%}" + b + "{%- endif -%}")
 
@@ -134,7 +134,7 @@ def template_text(template: str) -> Optional[str]:
         return None
     if template == "alpaca":
         return _jinja_alpaca()
-    return jinja(parse(NAMED.get(template) or template))
+    return jinja(parse(NAMED.get(template, template)))
 
 
 def use(tokenizer: Any, template: str, model_name: str = "the model") -> Any:
@@ -164,11 +164,7 @@ def ollama_template(template: str, eos: str = "") -> Optional[str]:
     if '"""' in template:
         raise InputError(f"data.template={template!r}: a Modelfile TEMPLATE cannot hold "
                          '\"\"\" (three double quotes)')
-    if template == "alpaca":
-        fmt = parse(_ALPACA_HEAD.format(with_input="") + "### Instruction:\n{instruction}\n\n"
-                    "### Response:\n{answer}")
-    else:
-        fmt = parse(NAMED.get(template) or template)
+    fmt = parse(NAMED.get(template, template))
 
     def go(text: str) -> str:
         return text.replace("{{", '{{ "{{" }}')
