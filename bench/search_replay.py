@@ -15,7 +15,7 @@ micro-batches trained until a trial comes within 1% of the whole grid's best val
 - with ``--ray``, Ray Tune's ASHA scheduler with its default searcher on the same grid.
 
     python -m bench.search_replay             # needs the recorded grid; no training
-    python -m bench.search_replay --ray       # and Ray Tune's ASHA (pip install 'ray[tune]')
+    python -m bench.search_replay --ray       # and Ray Tune's ASHA (pip install -e '.[bench]')
 """
 
 from __future__ import annotations
@@ -198,8 +198,8 @@ def asha_rows(space: Space, recorded, target: Tuple[float, str], grid_compute: i
     """The peer most users would pick instead: Ray Tune's ASHA scheduler with its default
     searcher (random draws of the space), one trial at a time so that "compute until the
     grid's best + 1%" means the same as in the replays above; rungs at micro-batches 8 and
-    16 as the sweeper's pruner, reduction factor 2. A ``bench`` extra (``pip install
-    'ray[tune]'``), not a dependency of the sweeper."""
+    16 as the sweeper's pruner, reduction factor 2. In the ``bench`` extra (``pip install
+    -e '.[bench]'``), not a dependency of the sweeper."""
     # one trial created at a time: otherwise Ray sets up the whole budget (192 trial
     # folders) at the start of every seed, which is most of a seed's time
     os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", "1")
@@ -210,7 +210,7 @@ def asha_rows(space: Space, recorded, target: Tuple[float, str], grid_compute: i
         from ray.tune.schedulers import ASHAScheduler
     except ImportError:
         return [Row("Ray Tune ASHA: compute to grid best +1%", math.nan, "", "", None,
-                    "not measured: pip install 'ray[tune]'")]
+                    "not measured: pip install -e '.[bench]' (Ray Tune)")]
     curves = curves_of(space, recorded)
     if curves is None:
         return []
