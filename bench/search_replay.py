@@ -12,7 +12,10 @@ micro-batches trained until a trial comes within 1% of the whole grid's best val
   best, and ``mode=copy``), against the same study started cold;
 - 30-trial sweeps with ``terminate.rule=noise``: the compute it saves, and how often it
   stops before the grid's best + 1%;
-- with ``--ray``, Ray Tune's ASHA scheduler with its default searcher on the same grid.
+- the same spaces with ``lora.scaling`` searched (the whole grid), against the best of
+  either scaling as well;
+- with ``--ray``, Ray Tune's ASHA scheduler with its default searcher on the same grid
+  (``bench/search_peer.py``).
 
     python -m bench.search_replay             # needs the recorded grid; no training
     python -m bench.search_replay --ray       # and Ray Tune's ASHA (pip install -e '.[bench]')
@@ -22,13 +25,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import shutil
 import statistics
-import tempfile
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from bench.search_grid import GRID, load
+from bench.search_peer import asha
 from bench.sweep_efficiency import replay
 from bench.table import Row, print_table
 
@@ -195,86 +196,20 @@ def terminate_rows(space: Space, recorded, target: float, seeds: int, n_trials: 
 
 def asha_rows(space: Space, recorded, target: Tuple[float, str], grid_compute: int,
               seeds: int, name: str = "default space") -> List[Row]:
-    """The peer most users would pick instead: Ray Tune's ASHA scheduler with its default
-    searcher (random draws of the space), one trial at a time so that "compute until the
-    grid's best + 1%" means the same as in the replays above; rungs at micro-batches 8 and
-    16 as the sweeper's pruner, reduction factor 2. In the ``bench`` extra (``pip install
-    -e '.[bench]'``), not a dependency of the sweeper."""
-    # one trial created at a time: otherwise Ray sets up the whole budget (192 trial
-    # folders) at the start of every seed, which is most of a seed's time
-    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", "1")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # verbose=0 is quiet only in the old one
-    try:
-        import ray
-        from ray import tune
-        from ray.tune.schedulers import ASHAScheduler
-    except ImportError:
-        return [Row("Ray Tune ASHA: compute to grid best +1%", math.nan, "", "", None,
-                    "not measured: pip install -e '.[bench]' (Ray Tune)")]
+    """The peer most users would pick instead: Ray Tune's ASHA with its default searcher
+    (bench/search_peer.py) on the same curves."""
     curves = curves_of(space, recorded)
     if curves is None:
         return []
-    grid = space[0]
-
-    def trainable(config: Dict[str, Any]) -> None:
-        seen = curves[tuple(config[k] for k in grid)]
-        end = seen.get("failed_at", ITERS)
-        for step in sorted(s for s in seen["curve"] if s < min(end, ITERS)):
-            tune.report({"val_loss": seen["curve"][step], "mb": step})
-        # a FAIL trial (collapsed at micro-batch 24 on this grid, past every rung) ends with
-        # a value no target accepts, having cost what it trained
-        tune.report({"val_loss": seen.get("objective", math.inf), "mb": end})
-
-    class Reached(tune.stopper.Stopper):
-        """Ends a seed's experiment once a complete trial is within 1% of the grid's best:
-        what comes after it does not change the figure, and Ray's per-trial overhead
-        (about a second here) would otherwise make each seed run the whole budget."""
-
-        def __init__(self) -> None:
-            self.hit = False
-
-        def __call__(self, trial_id: str, result: Dict[str, Any]) -> bool:
-            self.hit |= result.get("mb") == ITERS and result["val_loss"] <= target[0]
-            return False
-
-        def stop_all(self) -> bool:
-            return self.hit
-
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False,
-             ignore_reinit_error=True)
-    reached: List[float] = []
-    trials: List[int] = []
-    scratch = tempfile.mkdtemp(prefix="sweep-asha-")  # Ray's trial folders, not ~/ray_results
-    try:
-        for seed in range(seeds):
-            tuner = tune.Tuner(
-                trainable, param_space={k: tune.choice(v) for k, v in grid.items()},
-                tune_config=tune.TuneConfig(
-                    metric="val_loss", mode="min", num_samples=3 * len(curves),
-                    max_concurrent_trials=1, reuse_actors=True,
-                    search_alg=tune.search.BasicVariantGenerator(
-                        random_state=seed),
-                    scheduler=ASHAScheduler(time_attr="mb", max_t=ITERS, grace_period=8,
-                                            reduction_factor=2)),
-                run_config=tune.RunConfig(verbose=0, stop=Reached(), storage_path=scratch))
-            # trial ids end in their creation index: with one at a time, the order they ran
-            # (a trial created but not started when the experiment ended has no metrics)
-            results = sorted((r for r in tuner.fit() if r.metrics.get("mb")),
-                             key=lambda r: int(r.metrics["trial_id"].split("_")[-1]))
-            compute, hit = 0, math.inf
-            for r in results:
-                compute += r.metrics["mb"]
-                if r.metrics["mb"] == ITERS and r.metrics["val_loss"] <= target[0]:
-                    hit = min(hit, compute)
-            trials.append(len(results))
-            reached.append(hit)
-    finally:
-        ray.shutdown()
-        shutil.rmtree(scratch, ignore_errors=True)
+    ran = asha(curves, space[0], target[0], ITERS, seeds)
+    label = f"Ray Tune ASHA (random search), {name}: compute to {target[1]} +1%"
+    if ran is None:
+        return [Row(label, math.nan, "", "", None,
+                    "not measured: pip install -e '.[bench]' (Ray Tune)")]
+    reached, trials = ran
     share, never = _median_share(reached, grid_compute)
-    return [Row(f"Ray Tune ASHA (random search), {name}: compute to {target[1]} +1%", share,
-                "", "", None, f"median over {seeds} seeds, {len(curves)} configurations; "
-                f"{statistics.median(reached):g} micro-batches, "
+    return [Row(label, share, "", "", None, f"median over {seeds} seeds, {len(curves)} "
+                f"configurations; {statistics.median(reached):g} micro-batches, "
                 f"{statistics.median(trials):g} trials run (median)"
                 + (f"; {never} seeds never reached it" if never else ""))]
 
